@@ -1,0 +1,122 @@
+"""Default run: full synthetic handwritten pages, ResNet18 + transformer decoder.
+
+Needs no download: words are rendered from pip-installed handwriting fonts and
+composed into pages inside tf.data.
+
+  python -m fphtr_jax.main --config=configs/default.py --workdir=/tmp/fphtr
+"""
+
+import ml_collections
+
+# IAM's character set (79 symbols) plus the line separator used by forms.
+IAM_CHARSET = (
+    " !\"#&'()*+,-./0123456789:;?"
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    "abcdefghijklmnopqrstuvwxyz"
+)
+
+
+def get_config():
+  config = ml_collections.ConfigDict()
+
+  # --- Model -----------------------------------------------------------------
+  config.model = ml_collections.ConfigDict()
+  config.model.encoder = "resnet18"  # resnet18 | resnet34 | resnet50
+  config.model.encoder_width = 64  # channels of the first stage (64 = torchvision)
+  config.model.d_model = 260
+  config.model.num_layers = 6
+  config.model.num_heads = 4
+  config.model.mlp_dim = 1024
+  config.model.dropout_rate = 0.1
+  config.model.pre_norm = False
+  config.model.dtype = "float32"  # compute dtype: float32 | bfloat16
+
+  # --- Data ------------------------------------------------------------------
+  config.data = ml_collections.ConfigDict()
+  config.data.source = "embedded"  # embedded handwriting fonts
+  config.data.level = "form"  # form | line | word
+  config.data.image_height = 512
+  config.data.image_width = 512
+  config.data.max_len = 320  # tokens, including <SOS> and <EOS>
+  config.data.charset = IAM_CHARSET + "\n"
+  # Composition, in pixels of the canvas.
+  config.data.word_height = 32
+  config.data.words_per_line = (4, 9)
+  config.data.words_per_form = (7, 40)
+  # Page layout, (lo, hi) in pixels at a word height of 40 px (IAM at half
+  # resolution: the reference recipe's full-resolution numbers halved); scaled
+  # by word_height / 40. Page margins also shrink to at most 1/8 of the canvas.
+  config.data.word_gap = (10, 24)
+  config.data.line_width = (750, 999)  # lines also break at the canvas edge
+  config.data.line_gap = (12, 49)
+  config.data.page_margin = (50, 99)
+  config.data.augment = True
+  # Largest random rotation, degrees; also limited by the room around the text.
+  config.data.max_rotation = 2.0
+  # Embedded handwriting source. None = the pip-installed fonts / word list.
+  config.data.font_paths = None  # list of files or folders of TTF/OTF
+  config.data.text_file = None  # any UTF-8 text, split into words
+  config.data.cache_dir = None  # word-image bank; None = ~/.cache/fphtr_jax
+  config.data.bank_size = 20000  # pre-rendered word images
+  # Embedded handwriting source: writers, held-out fonts, text checks.
+  config.data.heldout_fonts = ()  # font file stems kept for the eval split
+  config.data.words_per_writer = (200, 400)  # >= the most words on a form
+  config.data.bank_seed = 0  # another seed renders another bank
+  config.data.skip_unknown_chars = False  # skip text_file words not in charset
+  config.data.num_parallel_calls = -1  # -1 = all cores (tf.data AUTOTUNE)
+  config.data.prefetch = 2
+  config.data.synthetic_proba = 1.0  # share of synthetic examples when mixing
+
+  # --- Training --------------------------------------------------------------
+  config.train = ml_collections.ConfigDict()
+  config.train.seed = 1337
+  # JAX PRNG implementation; "unsafe_rbg" compiles much faster on CPU.
+  config.train.rng_impl = "threefry2x32"
+  config.train.num_steps = 100_000
+  config.train.batch_size = 8  # global, across all devices and processes
+  config.train.optimizer = "adam"  # adam | adamw
+  config.train.learning_rate = 2e-4
+  config.train.weight_decay = 0.0  # adamw only
+  config.train.schedule = "constant"  # constant | cosine
+  config.train.warmup_steps = 0
+  config.train.grad_clip_norm = 0.0  # 0 = no clipping
+  config.train.label_smoothing = 0.0
+  config.train.log_every_steps = 50
+
+  # --- Evaluation ------------------------------------------------------------
+  config.eval = ml_collections.ConfigDict()
+  config.eval.every_steps = 2000
+  config.eval.num_examples = 64
+  config.eval.batch_size = 8
+  config.eval.num_images = 4  # pages drawn to TensorBoard with their text
+
+  # --- Checkpoints -----------------------------------------------------------
+  config.checkpoint = ml_collections.ConfigDict()
+  config.checkpoint.every_steps = 1000
+  config.checkpoint.max_to_keep = 3
+  config.checkpoint.async_save = True
+
+  # --- Device mesh -----------------------------------------------------------
+  # Mesh axis sizes; -1 takes the devices left over.
+  config.mesh = ml_collections.ConfigDict()
+  config.mesh.data = -1
+  config.mesh.fsdp = 1
+  config.mesh.tensor = 1
+  # Logical axis name -> mesh axis (or None = replicated).
+  config.mesh.rules = (
+      ("batch", ("data", "fsdp")),
+      ("embed", None),
+      ("mlp", None),
+      ("heads", None),
+      ("kv", None),
+      ("vocab", None),
+      ("conv_in", None),
+      ("conv_out", None),
+      ("conv_height", None),
+      ("conv_width", None),
+      ("height", None),
+      ("width", None),
+      ("length", None),
+  )
+
+  return config

@@ -1,0 +1,85 @@
+"""Device mesh from the config, logical-axis rules, and batch placement.
+
+The model names every parameter and a few activations with logical axes
+("batch", "embed", "mlp", ...); `config.mesh.rules` maps those names to the
+mesh axes ("data", "fsdp", "tensor"). The same code then runs on one CPU or
+on a pod: only the config changes.
+"""
+
+import math
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+
+def mesh_shape(mesh_config, num_devices: int) -> tuple[int, ...]:
+  """Resolves the -1 entry of config.mesh against the number of devices."""
+  sizes = [int(mesh_config[name]) for name in MESH_AXES]
+  for name, size in zip(MESH_AXES, sizes):
+    if size == 0 or size < -1:
+      raise ValueError(f"mesh.{name}={size}: a mesh axis size must be positive or -1.")
+  if sizes.count(-1) > 1:
+    raise ValueError(f"Only one mesh axis may be -1, got {dict(zip(MESH_AXES, sizes))}.")
+  known = math.prod(s for s in sizes if s != -1)
+  if -1 in sizes:
+    if num_devices % known:
+      raise ValueError(f"config.mesh {dict(zip(MESH_AXES, sizes))}: the fixed axes ({known}) "
+                       f"do not divide the {num_devices} devices.")
+    sizes[sizes.index(-1)] = num_devices // known
+  if math.prod(sizes) != num_devices:
+    raise ValueError(f"config.mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} "
+                     f"devices, but there are {num_devices}.")
+  return tuple(sizes)
+
+
+def create_mesh(mesh_config, devices=None) -> Mesh:
+  devices = jax.devices() if devices is None else devices
+  shape = mesh_shape(mesh_config, len(devices))
+  return Mesh(np.asarray(devices).reshape(shape), MESH_AXES,
+              axis_types=(AxisType.Auto,) * len(MESH_AXES))
+
+
+def logical_rules(mesh_config) -> tuple:
+  """config.mesh.rules as the tuple of (logical name, mesh axes) Flax expects."""
+  rules = []
+  for name, axes in mesh_config.rules:
+    axes = tuple(axes) if isinstance(axes, (list, tuple)) else axes
+    for axis in (axes if isinstance(axes, tuple) else (axes,)):
+      if axis is not None and axis not in MESH_AXES:
+        raise ValueError(f"mesh.rules maps {name!r} to unknown mesh axis {axis!r}; "
+                         f"use one of {MESH_AXES} or None.")
+    rules.append((name, axes))
+  return tuple(rules)
+
+
+def logical_to_shardings(boxed_tree, mesh: Mesh, rules):
+  """NamedShardings for a tree whose leaves may carry logical axis names."""
+  specs = nn.get_partition_spec(boxed_tree)
+  return nn.logical_to_mesh_sharding(specs, mesh, rules)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Leading (batch) dimension split over the data-parallel axes."""
+  return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def check_batch_size(batch_size: int, mesh: Mesh, field: str):
+  shards = math.prod(mesh.shape[a] for a in BATCH_AXES)
+  if batch_size % shards:
+    raise ValueError(f"{field}={batch_size} is not divisible by the {shards} data-parallel "
+                     f"devices (mesh.data x mesh.fsdp).")
+
+
+def put_batch(batch: dict, mesh: Mesh) -> dict:
+  """Per-process numpy batch -> global jax.Arrays sharded over the batch axes."""
+  sharding = batch_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}

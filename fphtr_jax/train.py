@@ -1,0 +1,349 @@
+"""Training and evaluation loop for FPHTR.
+
+Reads top to bottom: optimizer, train state, loss, train/eval/predict steps,
+then `train_and_evaluate`, the outer loop that owns everything stateful
+(data iterators, writers, checkpoints, progress).
+"""
+
+import functools
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import flax
+from flax import traverse_util
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import tqdm
+from absl import logging
+from clu import metric_writers, metrics, periodic_actions
+from flax.training import train_state
+
+from fphtr_jax import checkpointing, decoding, sharding, visualize
+from fphtr_jax import metrics as text_metrics
+from fphtr_jax import tokenizer as tokenizer_lib
+from fphtr_jax.models import fphtr
+
+ENCODER_STRIDE = 32
+
+
+class TrainState(train_state.TrainState):
+  batch_stats: Any
+
+
+@flax.struct.dataclass
+class TrainMetrics(metrics.Collection):
+  loss: metrics.Average.from_output("loss")
+  accuracy: metrics.Average.from_output("accuracy")
+  grad_norm: metrics.Average.from_output("grad_norm")
+  learning_rate: metrics.LastValue.from_output("learning_rate")
+
+
+@flax.struct.dataclass
+class EvalMetrics(metrics.Collection):
+  loss: metrics.Average.from_output("loss")
+  accuracy: metrics.Average.from_output("accuracy")
+
+
+# --- Config checks -------------------------------------------------------------
+
+def _require(ok: bool, field: str, value, expected: str):
+  if not ok:
+    raise ValueError(f"config.{field}={value!r} is invalid: expected {expected}.")
+
+
+def validate_config(config: ml_collections.ConfigDict):
+  """Fails early, naming the field, on values that would fail hours later."""
+  for section in ("model", "data", "train", "eval", "checkpoint", "mesh"):
+    _require(section in config, section, None, "a config section")
+  t, e, c, d = config.train, config.eval, config.checkpoint, config.data
+  _require(t.num_steps > 0, "train.num_steps", t.num_steps, "a positive integer")
+  _require(t.batch_size > 0, "train.batch_size", t.batch_size, "a positive integer")
+  _require(t.learning_rate > 0, "train.learning_rate", t.learning_rate, "a positive float")
+  _require(t.optimizer in ("adam", "adamw"), "train.optimizer", t.optimizer, "'adam' or 'adamw'")
+  _require(t.schedule in ("constant", "cosine"), "train.schedule", t.schedule,
+           "'constant' or 'cosine'")
+  _require(t.warmup_steps >= 0, "train.warmup_steps", t.warmup_steps, "0 or more")
+  _require(t.grad_clip_norm >= 0, "train.grad_clip_norm", t.grad_clip_norm, "0 (off) or more")
+  _require(0 <= t.label_smoothing < 1, "train.label_smoothing", t.label_smoothing, "in [0, 1)")
+  _require(t.log_every_steps > 0, "train.log_every_steps", t.log_every_steps, "a positive integer")
+  _require(e.every_steps > 0, "eval.every_steps", e.every_steps, "a positive integer")
+  _require(e.batch_size > 0, "eval.batch_size", e.batch_size, "a positive integer")
+  _require(e.num_examples > 0, "eval.num_examples", e.num_examples, "a positive integer")
+  _require(c.every_steps > 0, "checkpoint.every_steps", c.every_steps, "a positive integer")
+  _require(c.max_to_keep > 0, "checkpoint.max_to_keep", c.max_to_keep, "a positive integer")
+  for field in ("image_height", "image_width"):
+    _require(d[field] >= ENCODER_STRIDE, f"data.{field}", d[field],
+             f"at least {ENCODER_STRIDE} pixels (the encoder's stride)")
+  _require(d.max_len >= 3, "data.max_len", d.max_len, "at least 3 (<SOS>, a character, <EOS>)")
+
+
+# --- Model and train state -----------------------------------------------------
+
+def create_optimizer(train_config) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """Adam(W) with an optional linear warmup, cosine decay and global-norm clipping."""
+  lr, warmup = train_config.learning_rate, train_config.warmup_steps
+  if train_config.schedule == "cosine":
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, lr, warmup, decay_steps=max(train_config.num_steps, warmup + 1))
+  elif warmup:
+    schedule = optax.join_schedules(
+        [optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup])
+  else:
+    schedule = optax.constant_schedule(lr)
+  if train_config.optimizer == "adamw":
+    optimizer = optax.adamw(schedule, weight_decay=train_config.weight_decay)
+  else:
+    optimizer = optax.adam(schedule)
+  if train_config.grad_clip_norm:
+    optimizer = optax.chain(optax.clip_by_global_norm(train_config.grad_clip_norm), optimizer)
+  return optimizer, schedule
+
+
+def create_model(config, tokenizer) -> fphtr.FPHTR:
+  return fphtr.create_model(config.model, tokenizer.vocab_size, config.data.max_len)
+
+
+def create_train_state(config, model, mesh, rng) -> tuple[TrainState, Any]:
+  """Initialises the state directly in its sharded layout.
+
+  `jax.eval_shape` gives the shapes and logical axis names without computing
+  anything; the jitted init then writes each shard on its device, so no host
+  ever holds a full unsharded copy. Returns (state, state_shardings).
+  """
+  d = config.data
+  images = jnp.zeros((1, d.image_height, d.image_width, 1), jnp.float32)
+  tokens = jnp.zeros((1, d.max_len - 1), jnp.int32)
+  optimizer, _ = create_optimizer(config.train)
+
+  def init(rng):
+    variables = model.init({"params": rng, "dropout": rng}, images, tokens, train=False)
+    return TrainState.create(apply_fn=model.apply, params=variables["params"],
+                             batch_stats=variables.get("batch_stats", {}), tx=optimizer)
+
+  rules = sharding.logical_rules(config.mesh)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    boxed = jax.eval_shape(init, rng)
+    shardings = sharding.logical_to_shardings(boxed, mesh, rules)
+    state = jax.jit(lambda r: nn.unbox(init(r)), out_shardings=shardings)(rng)
+  return state, shardings
+
+
+# --- Steps ---------------------------------------------------------------------
+
+def token_loss(logits, targets, weights, label_smoothing: float = 0.0):
+  """Cross-entropy over non-PAD target tokens, and token accuracy.
+
+  logits float32 [B, T, V]; targets int32 [B, T]; weights float32 [B, T].
+  Returns (mean loss, mean accuracy) over the weighted tokens.
+  """
+  labels = jax.nn.one_hot(targets, logits.shape[-1])
+  if label_smoothing:
+    labels = optax.smooth_labels(labels, label_smoothing)
+  losses = optax.softmax_cross_entropy(logits.astype(jnp.float32), labels)
+  correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
+  total = jnp.maximum(weights.sum(), 1.0)
+  return (losses * weights).sum() / total, (correct * weights).sum() / total
+
+
+def _split_batch(batch):
+  """Decoder input, targets and weights from <SOS> ... <EOS> <PAD> tokens."""
+  tokens = batch["tokens"]
+  inputs, targets = tokens[:, :-1], tokens[:, 1:]
+  weights = (targets != tokenizer_lib.PAD_ID).astype(jnp.float32)
+  if "mask" in batch:
+    weights = weights * batch["mask"][:, None]
+  return inputs, targets, weights
+
+
+def train_step(state: TrainState, batch, rng, *, label_smoothing: float, schedule):
+  """One optimizer step on a global batch; returns (new state, TrainMetrics)."""
+  inputs, targets, weights = _split_batch(batch)
+  dropout_rng = jax.random.fold_in(rng, state.step)
+
+  def loss_fn(params):
+    logits, updates = state.apply_fn(
+        {"params": params, "batch_stats": state.batch_stats}, batch["image"], inputs,
+        train=True, rngs={"dropout": dropout_rng}, mutable=["batch_stats"])
+    loss, accuracy = token_loss(logits, targets, weights, label_smoothing)
+    return loss, (accuracy, updates)
+
+  (loss, (accuracy, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  new_state = state.apply_gradients(grads=grads, batch_stats=updates["batch_stats"])
+  step_metrics = TrainMetrics.single_from_model_output(
+      loss=loss, accuracy=accuracy, grad_norm=optax.global_norm(grads),
+      learning_rate=schedule(state.step))
+  return new_state, step_metrics
+
+
+def eval_step(state: TrainState, batch):
+  """Teacher-forced loss and token accuracy of a batch (padding examples masked)."""
+  inputs, targets, weights = _split_batch(batch)
+  logits = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
+                          batch["image"], inputs, train=False)
+  loss, accuracy = token_loss(logits, targets, weights)
+  return EvalMetrics.single_from_model_output(loss=loss, accuracy=accuracy)
+
+
+def predict_step(state: TrainState, images, *, model, max_len: int):
+  """Greedy transcription: int32 [B, max_len] tokens starting with <SOS>."""
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  return decoding.greedy_decode(model, variables, images, max_len)
+
+
+# --- Evaluation ----------------------------------------------------------------
+
+def evaluate(p_eval_step, p_predict_step, state, eval_ds, tokenizer, mesh, num_images: int):
+  """Scores the eval set: teacher-forced loss/accuracy, greedy CER/WER, sample pages."""
+  eval_metrics = None
+  references, hypotheses, pages = [], [], []
+  for batch in eval_ds.as_numpy_iterator():
+    global_batch = sharding.put_batch(batch, mesh)
+    update = p_eval_step(state, global_batch)
+    eval_metrics = update if eval_metrics is None else eval_metrics.merge(update)
+    predicted = np.asarray(jax.device_get(p_predict_step(state, global_batch["image"])))
+    keep = batch["mask"] > 0
+    refs = tokenizer.decode_batch(batch["tokens"][keep])
+    hyps = tokenizer.decode_batch(predicted[keep])
+    references += refs
+    hypotheses += hyps
+    for image, ref, hyp in zip(batch["image"][keep], refs, hyps):
+      if len(pages) < num_images:
+        pages.append(visualize.page_with_text(image, ref, hyp))
+  summary = {f"eval/{k}": float(v) for k, v in eval_metrics.compute().items()}
+  summary["eval/cer"] = text_metrics.character_error_rate(references, hypotheses)
+  summary["eval/wer"] = text_metrics.word_error_rate(references, hypotheses)
+  return summary, pages, list(zip(references, hypotheses))
+
+
+# --- The loop ------------------------------------------------------------------
+
+def _write_config(config, workdir: str):
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json_best_effort(indent=2))
+
+
+def _load_tokenizer(config, workdir: str, checkpointer) -> tokenizer_lib.Tokenizer:
+  tokenizer = tokenizer_lib.Tokenizer(config.data.charset)
+  saved = checkpointer.restore_vocab()
+  if saved is not None and saved != tokenizer:
+    raise ValueError(
+        f"The checkpoints in {workdir} were trained with data.charset={saved.charset!r}, "
+        f"but the config has {tokenizer.charset!r}. Use another --workdir or the same charset.")
+  return tokenizer
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
+  """Trains `config` in `workdir`, resuming from its latest checkpoint."""
+  from input_pipeline import pipeline  # TensorFlow is only needed by the outer loop.
+
+  validate_config(config)
+  os.makedirs(workdir, exist_ok=True)
+  is_main = jax.process_index() == 0
+  if is_main:
+    _write_config(config, workdir)
+
+  mesh = sharding.create_mesh(config.mesh)
+  sharding.check_batch_size(config.train.batch_size, mesh, "train.batch_size")
+  sharding.check_batch_size(config.eval.batch_size, mesh, "eval.batch_size")
+  checkpointer = checkpointing.Checkpointer(workdir, config.checkpoint)
+  tokenizer = _load_tokenizer(config, workdir, checkpointer)
+  if is_main:
+    tokenizer.save(workdir)
+
+  rng = jax.random.key(config.train.seed, impl=config.train.rng_impl)
+  init_rng, dropout_rng = jax.random.split(rng)
+  model = create_model(config, tokenizer)
+  state, state_shardings = create_train_state(config, model, mesh, init_rng)
+  num_params = sum(x.size for x in jax.tree.leaves(state.params))
+  logging.info("Model: %s encoder, %.2fM parameters.", config.model.encoder, num_params / 1e6)
+
+  if checkpointer.latest_step() is not None:
+    abstract = checkpointing.abstract_like(state, state_shardings)
+    state, _ = checkpointer.restore(abstract)
+    logging.info("Resumed from step %d in %s.", int(state.step), workdir)
+  start_step = int(state.step)
+
+  train_ds, eval_ds = pipeline.create_datasets(
+      config, process_index=jax.process_index(), process_count=jax.process_count(),
+      start_step=start_step)
+  train_iter = train_ds.as_numpy_iterator()
+
+  _, schedule = create_optimizer(config.train)
+  batch_sharding = sharding.batch_sharding(mesh)
+  rules = sharding.logical_rules(config.mesh)
+  p_train_step = jax.jit(
+      functools.partial(train_step, label_smoothing=config.train.label_smoothing,
+                        schedule=schedule),
+      in_shardings=(state_shardings, batch_sharding, None),
+      out_shardings=(state_shardings, None), donate_argnums=0)
+  p_eval_step = jax.jit(eval_step, in_shardings=(state_shardings, batch_sharding))
+  p_predict_step = jax.jit(functools.partial(predict_step, model=model, max_len=config.data.max_len),
+                           in_shardings=(state_shardings, batch_sharding))
+
+  writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
+  if start_step == 0:
+    writer.write_hparams(_flat_hparams(config))
+  num_steps = config.train.num_steps
+  report_progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
+  progress_bar = tqdm.tqdm(total=num_steps, initial=start_step, unit="step", dynamic_ncols=True,
+                           disable=not (is_main and sys.stderr.isatty()))
+  train_metrics = None
+  last_log_time, last_log_step = time.time(), start_step
+
+  logging.info("Training from step %d to %d.", start_step, num_steps)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    for step in range(start_step + 1, num_steps + 1):
+      with jax.profiler.StepTraceAnnotation("train", step_num=step):
+        batch = sharding.put_batch(next(train_iter), mesh)
+        state, update = p_train_step(state, batch, dropout_rng)
+        train_metrics = update if train_metrics is None else train_metrics.merge(update)
+      report_progress(step)
+      progress_bar.update(1)
+
+      if step % config.train.log_every_steps == 0 or step == num_steps:
+        summary = {f"train/{k}": float(v) for k, v in train_metrics.compute().items()}
+        now = time.time()
+        steps_per_s = (step - last_log_step) / (now - last_log_time)
+        summary["train/examples_per_s"] = steps_per_s * config.train.batch_size
+        summary["train/steps_per_s"] = steps_per_s
+        writer.write_scalars(step, summary)
+        progress_bar.set_postfix(loss=f"{summary['train/loss']:.3f}",
+                                 ex_s=f"{summary['train/examples_per_s']:.1f}")
+        train_metrics, last_log_time, last_log_step = None, now, step
+
+      if step % config.eval.every_steps == 0 or step == num_steps:
+        with report_progress.timed("eval"):
+          summary, pages, pairs = evaluate(p_eval_step, p_predict_step, state, eval_ds,
+                                           tokenizer, mesh, config.eval.num_images)
+        writer.write_scalars(step, summary)
+        if pages:
+          writer.write_images(step, {"eval/pages": visualize.stack_images(pages)})
+        writer.write_texts(step, {"eval/sample": visualize.markdown_pairs(pairs[:4])})
+        checkpointer.save_if_best(step, state, tokenizer,
+                                  {"step": step, "cer": summary["eval/cer"],
+                                   "wer": summary["eval/wer"]})
+        # Greedy decoding is slow: restart the rate clock after eval.
+        last_log_time = time.time()
+
+      if step % config.checkpoint.every_steps == 0 or step == num_steps:
+        with report_progress.timed("checkpoint"):
+          checkpointer.save(step, state, tokenizer, config)
+      writer.flush()
+
+  progress_bar.close()
+  checkpointer.wait()
+  checkpointer.close()
+  writer.close()
+  return state
+
+
+def _flat_hparams(config) -> dict:
+  flat = traverse_util.flatten_dict(config.to_dict(), sep=".")
+  return {k: v for k, v in flat.items() if isinstance(v, (int, float, str, bool))}
