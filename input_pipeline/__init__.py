@@ -1,0 +1,1 @@
+"""Input pipeline: everything that turns data sources into batches (no JAX)."""

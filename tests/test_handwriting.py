@@ -1,0 +1,256 @@
+"""Tests for input_pipeline/handwriting.py: real fonts, real rendering."""
+
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from configs import default
+from input_pipeline import handwriting
+
+WORD_HEIGHT = 24
+
+
+def _font_path(stem: str) -> pathlib.Path:
+  """An installed default font file, by file stem."""
+  for font in handwriting.list_default_fonts():
+    if font.name == stem:
+      return pathlib.Path(font.path)
+  raise AssertionError(f"font {stem} is not installed")
+
+
+def _data_config(tmp_path, **overrides):
+  config = default.get_config().data
+  config.word_height = WORD_HEIGHT
+  config.bank_size = 200
+  config.words_per_writer = (40, 60)
+  config.cache_dir = str(tmp_path / "cache")
+  for name, value in overrides.items():
+    setattr(config, name, value)
+  return config
+
+
+def _write_text(tmp_path, text, name="text.txt"):
+  path = tmp_path / name
+  path.write_text(text, encoding="utf-8")
+  return path
+
+
+@pytest.fixture(scope="module")
+def bank(tmp_path_factory):
+  tmp_path = tmp_path_factory.mktemp("bank")
+  return handwriting.load_word_bank(_data_config(tmp_path), "train")
+
+
+def test_bank_shapes_and_dtypes(bank):
+  n = len(bank.texts)
+  assert n == 200
+  assert bank.strip.dtype == np.uint8 and bank.strip.ndim == 2
+  assert bank.strip.shape[0] == WORD_HEIGHT
+  for array in (bank.offsets, bank.widths, bank.writers):
+    assert array.dtype == np.int32 and array.shape == (n,)
+  assert bank.texts.shape == (n,)
+  assert all(isinstance(t, str) for t in bank.texts)
+  num_writers = bank.writers.max() + 1
+  assert len(bank.writer_names) == len(bank.font_names) == num_writers
+
+
+def test_words_tile_the_strip(bank):
+  assert np.all(bank.widths >= 1)
+  assert bank.offsets[0] == 0
+  np.testing.assert_array_equal(bank.offsets[1:],
+                                bank.offsets[:-1] + bank.widths[:-1])
+  assert bank.offsets[-1] + bank.widths[-1] == bank.strip.shape[1]
+
+
+def test_texts_use_only_the_charset(bank):
+  allowed = set(default.IAM_CHARSET) - {" "}
+  for text in bank.texts:
+    assert text and set(text) <= allowed, text
+  # Made-up English has capitals, punctuation and (over 200 words) digits.
+  joined = "".join(bank.texts)
+  assert any(c.isupper() for c in joined)
+  assert any(c in ",.;:!?" for c in joined)
+
+
+def test_writers_are_contiguous_and_long_enough(bank):
+  ids, starts, counts = np.unique(bank.writers, return_index=True,
+                                  return_counts=True)
+  np.testing.assert_array_equal(ids, np.arange(len(bank.writer_names)))
+  # One contiguous run per writer, in id order.
+  np.testing.assert_array_equal(
+      starts, np.concatenate([[0], np.cumsum(counts)[:-1]]))
+  assert counts.min() >= 40
+  for writer, name in enumerate(bank.writer_names):
+    assert name.startswith(bank.font_names[writer])
+  assert len(set(bank.font_names)) == len(bank.font_names) > 1
+
+
+def test_every_word_has_ink_sitting_on_the_baseline(bank):
+  row = handwriting.baseline_row(WORD_HEIGHT)
+  on_baseline = 0
+  for i in range(len(bank.texts)):
+    image = bank.word_image(i)
+    assert image.max() > 128, bank.texts[i]
+    on_baseline += image[row].max() > 64
+  assert on_baseline >= 0.9 * len(bank.texts)
+
+
+def test_same_config_gives_identical_bytes(tmp_path):
+  config = _data_config(tmp_path, bank_size=90, words_per_writer=(30, 45))
+  # In-process and with worker processes: the same bytes.
+  first = handwriting.build_word_bank(config, "train", num_workers=1)
+  second = handwriting.build_word_bank(config, "train", num_workers=2)
+  for field in ("strip", "offsets", "widths", "writers"):
+    assert getattr(first, field).tobytes() == getattr(second, field).tobytes()
+  assert first.texts.tolist() == second.texts.tolist()
+  assert first.writer_names == second.writer_names
+  assert first.font_names == second.font_names
+
+
+def test_second_load_reads_the_cache_file(tmp_path):
+  config = _data_config(tmp_path, bank_size=60, words_per_writer=(30, 30))
+  bank = handwriting.load_word_bank(config, "train")
+  path = handwriting.word_bank_path(config, "train")
+  assert path.parent == tmp_path / "cache" and path.is_file()
+  assert not [p for p in path.parent.iterdir() if p != path]  # no temp files
+  # Mark the cached file; a second load must return the marked bank.
+  with np.load(path) as data:
+    arrays = dict(data)
+  arrays["strip"] = np.full_like(arrays["strip"], 7)
+  np.savez(path, **arrays)
+  again = handwriting.load_word_bank(config, "train")
+  assert np.all(again.strip == 7)
+  assert again.texts.tolist() == bank.texts.tolist()
+  # Anything that changes the bank changes the file.
+  config.bank_seed = 1
+  assert handwriting.word_bank_path(config, "train") != path
+
+
+def test_user_font_folder_and_text_file(tmp_path):
+  font_dir = tmp_path / "fonts"
+  font_dir.mkdir()
+  shutil.copy(_font_path("IndieFlower-Regular"), font_dir)
+  words = ("It was the best of times, it was the worst of times, it was the "
+           "age of wisdom, it was the age of foolishness...").split()
+  text_file = _write_text(tmp_path, " ".join(words[:9]) + "\n"
+                          + " ".join(words[9:]) + "\n")
+  config = _data_config(tmp_path, bank_size=50, words_per_writer=(20, 30),
+                        font_paths=[str(font_dir)], text_file=str(text_file))
+  bank = handwriting.load_word_bank(config, "train")
+  # The text in order, from the start, again when it runs out.
+  assert bank.texts.tolist() == [words[i % len(words)] for i in range(50)]
+  assert set(bank.font_names) == {"IndieFlower-Regular"}
+  assert len(bank.writer_names) == 2
+
+
+def test_heldout_fonts_make_the_eval_split(tmp_path):
+  config = _data_config(tmp_path, heldout_fonts=("Zeyada", "hershey-scripts"))
+  train = handwriting.load_word_bank(config, "train")
+  evaluation = handwriting.load_word_bank(config, "eval")
+  assert not {"Zeyada", "hershey-scripts"} & set(train.font_names)
+  assert set(evaluation.font_names) == {"Zeyada", "hershey-scripts"}
+  assert train.texts.tolist() != evaluation.texts.tolist()
+  config.heldout_fonts = ("NoSuchFont",)
+  with pytest.raises(ValueError, match="NoSuchFont"):
+    handwriting.load_word_bank(config, "train")
+
+
+def test_glyph_coverage_of_real_fonts():
+  charset = "abcxyzABC.,жЖ"
+  caveat = handwriting.font_metrics(
+      handwriting.FontSource("Caveat[wght]", str(_font_path("Caveat[wght]"))),
+      charset)
+  indie = handwriting.font_metrics(
+      handwriting.FontSource("IndieFlower-Regular",
+                             str(_font_path("IndieFlower-Regular"))), charset)
+  hershey = handwriting.font_metrics(
+      handwriting.FontSource("hershey-scripts", hershey="scripts"), charset)
+  assert caveat.coverage == set(charset)  # Caveat has Cyrillic
+  assert indie.coverage == set("abcxyzABC.,")
+  assert hershey.coverage == set("abcxyzABC.,")
+
+
+def test_font_lacking_a_character_never_gets_words_with_it(tmp_path):
+  text = "жук и Жаба пошли в лес, where the bugs live. " * 12
+  cyrillic = "".join(sorted({c for c in text if not c.isascii()}))
+  text_file = _write_text(tmp_path, text)
+  config = _data_config(
+      tmp_path, charset=default.IAM_CHARSET + cyrillic,
+      font_paths=[str(_font_path("Caveat[wght]")),
+                  str(_font_path("IndieFlower-Regular")), "hershey:cursive"],
+      text_file=str(text_file), bank_size=150, words_per_writer=(25, 35))
+  bank = handwriting.load_word_bank(config, "train")
+  assert {"IndieFlower-Regular", "hershey-cursive"} <= set(bank.font_names)
+  with_zhe = [i for i, t in enumerate(bank.texts) if set(t) & set("жЖ")]
+  assert with_zhe
+  for i in with_zhe:
+    assert bank.font_names[bank.writers[i]] == "Caveat[wght]", bank.texts[i]
+  # All other Cyrillic words stay with fonts that have these letters too.
+  for i, text in enumerate(bank.texts):
+    if not text.isascii():
+      assert bank.font_names[bank.writers[i]] == "Caveat[wght]", text
+
+
+def test_render_word_refuses_a_missing_glyph():
+  font = handwriting.FontSource("IndieFlower-Regular",
+                                str(_font_path("IndieFlower-Regular")))
+  metrics = handwriting.font_metrics(font, "abcж")
+  style = handwriting.sample_writer_style(font, metrics,
+                                          np.random.default_rng(0))
+  image = handwriting.render_word("cab", style, 32, np.random.default_rng(0),
+                                  metrics)
+  assert image.shape[0] == 32 and image.dtype == np.uint8 and image.max() > 0
+  with pytest.raises(ValueError, match="no glyph"):
+    handwriting.render_word("жab", style, 32, np.random.default_rng(0),
+                            metrics)
+
+
+def test_empty_font_folder_is_an_error(tmp_path):
+  empty = tmp_path / "no_fonts"
+  empty.mkdir()
+  (empty / "readme.txt").write_text("not a font")
+  config = _data_config(tmp_path, font_paths=[str(empty)])
+  with pytest.raises(ValueError, match=str(empty)):
+    handwriting.load_word_bank(config, "train")
+
+
+def test_text_file_without_usable_words_is_an_error(tmp_path):
+  text_file = _write_text(tmp_path, "  \n\t\n")
+  config = _data_config(tmp_path, text_file=str(text_file))
+  with pytest.raises(ValueError, match=f"{text_file}.*no usable words"):
+    handwriting.load_word_bank(config, "train")
+
+
+def test_character_outside_the_charset_is_an_error(tmp_path):
+  text_file = _write_text(tmp_path, "a fine day\nfor a café au lait\n")
+  config = _data_config(tmp_path, text_file=str(text_file))
+  with pytest.raises(ValueError, match=(
+      f"{text_file}, line 2: the word 'café' has the character 'é'.*"
+      "data.charset")):
+    handwriting.load_word_bank(config, "train")
+  # Asked to, the loader skips such words instead.
+  config.skip_unknown_chars = True
+  config.bank_size = 60
+  config.words_per_writer = (60, 60)
+  bank = handwriting.load_word_bank(config, "train")
+  assert "café" not in bank.texts.tolist()
+  assert bank.texts.tolist()[:7] == "a fine day for a au lait".split()
+
+
+def test_sampled_words_are_deterministic_and_in_charset():
+  words = handwriting.sample_words("abcdefghijklmnopqrstuvwxyz.,", 300, seed=3)
+  assert words == handwriting.sample_words("abcdefghijklmnopqrstuvwxyz.,", 300,
+                                           seed=3)
+  assert all(w and set(w) <= set("abcdefghijklmnopqrstuvwxyz.,")
+             for w in words)
+
+
+def test_module_does_not_import_jax():
+  code = ("import sys; from input_pipeline import handwriting; "
+          "assert not {'jax', 'flax', 'tensorflow'} & set(sys.modules)")
+  subprocess.run([sys.executable, "-c", code], check=True,
+                 cwd=pathlib.Path(__file__).parents[1])
