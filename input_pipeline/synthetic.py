@@ -1,0 +1,291 @@
+"""Synthetic handwritten words, lines and pages, composed from a word bank in TF ops.
+
+The FPHTR recipe: take a contiguous span of one writer's words and stitch the
+word images into lines, and the lines into a page, with random word gaps, line
+gaps and margins. Every word image of a bank has the same height with the
+baseline on the same row, so pasting words at the same top row lines up their
+baselines, punctuation included.
+
+Everything per example is TF graph ops on tensors captured from the bank (no
+Python callbacks), so composition runs in parallel inside `tf.data`, and every
+random choice comes from stateless ops: an example is a pure function of its
+seed.
+
+Layout ranges in the config are in pixels at a word height of 40 px (IAM at
+half resolution, ~140 dpi) and are scaled by the bank's word height.
+"""
+
+import dataclasses
+
+import numpy as np
+import tensorflow as tf
+
+LEVELS = ("form", "line", "word")
+# Attached to the word before: no space in the text and a narrow gap on the page.
+PUNCTUATION = frozenset(",.;:!?")
+# The word height the config's pixel ranges are written for.
+REFERENCE_WORD_HEIGHT = 40
+# Separators written before a word in the target text, by code.
+_SEPARATORS = ("", " ", "\n")
+_NO_SEPARATOR, _SPACE, _NEWLINE = 0, 1, 2
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  """Pixel ranges (inclusive) for one level and canvas, resolved from the config."""
+  level: str
+  canvas_height: int
+  canvas_width: int
+  word_height: int
+  num_words: tuple[int, int]  # words drawn from the writer's text
+  word_gap: tuple[int, int]
+  line_width: tuple[int, int]
+  line_gap: tuple[int, int]
+  margin_x: tuple[int, int]  # left and right
+  margin_y: tuple[int, int]  # top and bottom
+  max_chars: int  # longest target text, in characters
+  max_lines: int  # static bound on the lines of one example
+
+
+def _scaled(value_range, scale: float, field: str) -> tuple[int, int]:
+  lo, hi = value_range
+  if not 0 <= lo <= hi:
+    raise ValueError(
+        f"data.{field}={tuple(value_range)} must be a range (lo, hi) with 0 <= lo <= hi.")
+  return int(round(lo * scale)), int(round(hi * scale))
+
+
+def _fit(value_range: tuple[int, int], cap: int) -> tuple[int, int]:
+  """Shrinks a range proportionally so that its upper end is at most `cap`."""
+  lo, hi = value_range
+  cap = max(cap, 0)
+  if hi <= cap:
+    return value_range
+  return int(lo * cap / hi) if hi else 0, cap
+
+
+def resolve_layout(data_config, word_height: int, level: str | None = None) -> Layout:
+  """Turns `config.data` into the pixel ranges of one level on the fixed canvas."""
+  level = level or data_config.level
+  if level not in LEVELS:
+    raise ValueError(f"data.level={level!r} is not one of {LEVELS}.")
+  height, width = int(data_config.image_height), int(data_config.image_width)
+  if height < word_height:
+    raise ValueError(f"data.image_height={height} is smaller than the word height {word_height} "
+                     "(data.word_height); a word would not fit the canvas.")
+  max_chars = int(data_config.max_len) - 2  # <SOS> and <EOS>
+  if max_chars < 1:
+    raise ValueError(f"data.max_len={data_config.max_len} leaves no room for text; use >= 3.")
+  scale = word_height / REFERENCE_WORD_HEIGHT
+  word_gap = _scaled(data_config.word_gap, scale, "word_gap")
+  line_width = _scaled(data_config.line_width, scale, "line_width")
+  line_gap = _scaled(data_config.line_gap, scale, "line_gap")
+  margin = _scaled(data_config.page_margin, scale, "page_margin")
+
+  if level == "form":
+    num_words = tuple(data_config.words_per_form)
+    # Margins of a small canvas shrink so that the text keeps most of the page.
+    margin_x = _fit(margin, width // 8)
+    margin_y = _fit(margin, min(height // 8, (height - word_height) // 2))
+    usable = height - 2 * margin_y[0]
+    max_lines = max(1, (usable + line_gap[0]) // (word_height + line_gap[0]))
+  else:
+    num_words = tuple(data_config.words_per_line) if level == "line" else (1, 1)
+    # A line or a word sits near the left edge, anywhere in height.
+    margin_x = (0, min(word_gap[1], width // 8))
+    margin_y = (0, 0)
+    max_lines = 1
+  if not 1 <= num_words[0] <= num_words[1]:
+    raise ValueError(f"Words per example {num_words} must be a range (lo, hi) with 1 <= lo <= hi "
+                     "(data.words_per_form / data.words_per_line).")
+  return Layout(level=level, canvas_height=height, canvas_width=width, word_height=word_height,
+                num_words=num_words, word_gap=word_gap, line_width=line_width, line_gap=line_gap,
+                margin_x=margin_x, margin_y=margin_y, max_chars=max_chars,
+                max_lines=min(max_lines, num_words[1]))
+
+
+def _randint(seed, lo, hi, shape=()):
+  """int32 uniform in [lo, hi] (inclusive); bounds may be tensors."""
+  lo = tf.cast(lo, tf.float32)
+  hi = tf.cast(hi, tf.float32)
+  u = tf.random.stateless_uniform(shape, seed, alg="philox")
+  return tf.cast(tf.floor(lo + u * (hi - lo + 1.0)), tf.int32)
+
+
+class SyntheticComposer:
+  """Composes words, lines or pages from a word bank (see handwriting.WordBank).
+
+  `compose(seed)` is pure TF: call it inside `tf.data.Dataset.map`.
+  """
+
+  def __init__(self, bank, data_config, level: str | None = None):
+    strip = np.asarray(bank.strip, np.uint8)
+    if strip.ndim != 2 or len(bank.offsets) == 0:
+      raise ValueError("The word bank is empty or its strip is not [word_height, width] uint8.")
+    word_height = strip.shape[0]
+    self.layout = layout = resolve_layout(data_config, word_height, level)
+    texts = [str(t) for t in bank.texts]
+    widths = np.asarray(bank.widths, np.int32)
+    lengths = np.array([len(t) for t in texts], np.int32)
+    punctuation = np.array([t in PUNCTUATION for t in texts])
+    writers = np.asarray(bank.writers)
+    # Each word's writer's range of words (they are contiguous in the bank).
+    change = np.flatnonzero(np.diff(writers)) + 1
+    starts = np.concatenate([[0], change])
+    ends = np.concatenate([change, [len(writers)]])
+    run = np.repeat(np.arange(len(starts)), ends - starts)
+
+    # Words an example may start with: they always fit, so no example is empty.
+    room = layout.canvas_width - (2 * layout.margin_x[1] if layout.level == "form"
+                                  else layout.margin_x[1])
+    valid = (widths <= room) & (lengths <= layout.max_chars)
+    if layout.level != "word":
+      valid &= ~punctuation
+    if not valid.any():
+      raise ValueError(
+          f"No word of the bank fits a {layout.canvas_height}x{layout.canvas_width} canvas with "
+          f"data.max_len={data_config.max_len} (widest room {room} px); enlarge "
+          "data.image_width or data.max_len, or lower data.word_height.")
+    self.start_words = tf.constant(np.flatnonzero(valid).astype(np.int32))
+
+    # A blank column at the end of the strip: every miss of the layout reads it.
+    self.blank_column = strip.shape[1]
+    self.strip_columns = tf.constant(
+        np.concatenate([strip.T, np.zeros((1, word_height), np.uint8)]))
+    self.offsets = tf.constant(np.asarray(bank.offsets, np.int32))
+    self.widths = tf.constant(widths)
+    self.lengths = tf.constant(lengths)
+    self.punctuation = tf.constant(punctuation)
+    self.writer_start = tf.constant(starts[run].astype(np.int32))
+    self.writer_count = tf.constant((ends - starts)[run].astype(np.int32))
+    self.texts = tf.constant(texts, tf.string)
+
+  def compose(self, seed) -> dict[str, tf.Tensor]:
+    """One example from a stateless seed (int32/int64 [2]).
+
+    Returns a dict:
+      ink: uint8 [H, W], 0 = paper, 255 = full ink.
+      text: tf.string scalar, the words drawn, lines joined by "\\n".
+      boxes: int32 [max_words, 4] (top, left, bottom, right), bottom/right
+        exclusive, of each word drawn; zeros past `num_words`.
+      word_ids: int32 [max_words], bank index of each word drawn; -1 past `num_words`.
+      num_words, num_lines: int32 scalars.
+      content_box: int32 [4] (top, left, bottom, right) around all words.
+    """
+    lay = self.layout
+    height, width, word_height = lay.canvas_height, lay.canvas_width, lay.word_height
+    max_words = lay.num_words[1]
+    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=8)
+
+    # A contiguous span of one writer's words, wrapping around within the writer.
+    start = tf.gather(self.start_words,
+                      _randint(seeds[0], 0, tf.size(self.start_words) - 1))
+    num_sampled = _randint(seeds[1], lay.num_words[0], lay.num_words[1])
+    first = tf.gather(self.writer_start, start)
+    count = tf.gather(self.writer_count, start)
+    position = tf.range(max_words, dtype=tf.int32)
+    ids = first + (start - first + position) % count
+    word_widths = tf.gather(self.widths, ids)
+    is_punctuation = tf.gather(self.punctuation, ids)
+
+    # A writer keeps a habitual word spacing, give or take a quarter.
+    gap_seed, jitter_seed = tf.unstack(tf.random.experimental.stateless_split(seeds[2], num=2))
+    gap = _randint(gap_seed, lay.word_gap[0], lay.word_gap[1])
+    gaps = gap + _randint(jitter_seed, -(gap // 4), gap // 4, [max_words])
+    gaps = tf.where(is_punctuation, 0, gaps)
+    left, right = tf.unstack(_randint(seeds[3], lay.margin_x[0], lay.margin_x[1], [2]))
+    if lay.level == "form":
+      top, bottom = tf.unstack(_randint(seeds[4], lay.margin_y[0], lay.margin_y[1], [2]))
+    else:
+      top, bottom = _randint(seeds[4], 0, height - word_height), 0
+      right = 0
+    line_gap = _randint(seeds[5], lay.line_gap[0], lay.line_gap[1])
+    line_width = tf.minimum(_randint(seeds[6], lay.line_width[0], lay.line_width[1]),
+                            width - left - right)
+    # Punctuation may run into the right margin rather than start a line.
+    limits = tf.where(is_punctuation, width - left, line_width)
+
+    # Greedy line breaking: a word goes on the current line while it fits.
+    def place(state, word):
+      line, _, end, words_on_line = state
+      word_width, gap, limit = word
+      x = tf.where(words_on_line > 0, end + gap, 0)
+      new_line = (words_on_line > 0) & (x + word_width > limit)
+      x = tf.where(new_line, 0, x)
+      return (line + tf.cast(new_line, tf.int32), x, x + word_width,
+              tf.where(new_line, 1, words_on_line + 1))
+
+    zero = tf.constant(0, tf.int32)
+    lines, xs, _, _ = tf.scan(place, (word_widths, gaps, limits),
+                              initializer=(zero, zero, zero, zero))
+
+    # Separators in the text: none first, "\n" on a new line, none before punctuation.
+    new_line = tf.concat([[False], lines[1:] != lines[:-1]], axis=0)
+    separators = tf.where(new_line, _NEWLINE, tf.where(is_punctuation, _NO_SEPARATOR, _SPACE))
+    separators = tf.concat([[_NO_SEPARATOR], separators[1:]], axis=0)
+    chars = tf.gather(self.lengths, ids) + tf.cast(separators != _NO_SEPARATOR, tf.int32)
+
+    pitch = word_height + line_gap
+    if lay.level == "form":
+      lines_that_fit = (height - top - bottom + line_gap) // pitch
+    else:
+      lines_that_fit = 1
+    fits = ((position < num_sampled) & (lines < lines_that_fit)
+            & (left + xs + word_widths <= width) & (tf.cumsum(chars) <= lay.max_chars))
+    # Keep the longest prefix that fits: the text stays exactly the words drawn.
+    kept = tf.cast(tf.math.cumprod(tf.cast(fits, tf.int32)), tf.bool)
+    num_words = tf.reduce_sum(tf.cast(kept, tf.int32))
+    num_lines = tf.gather(lines, num_words - 1) + 1
+
+    text = tf.strings.reduce_join(tf.strings.join([
+        tf.gather(tf.constant(_SEPARATORS), separators[:num_words]),
+        tf.gather(self.texts, ids[:num_words])]))
+
+    ink = self._render(ids, lines, xs, word_widths, kept, num_words, num_lines, top, left, pitch)
+
+    tops = top + lines * pitch
+    lefts = left + xs
+    boxes = tf.stack([tops, lefts, tops + word_height, lefts + word_widths], axis=1)
+    boxes = tf.where(kept[:, None], boxes, 0)
+    content_box = tf.stack([
+        top, left, top + (num_lines - 1) * pitch + word_height,
+        tf.reduce_max(tf.where(kept, lefts + word_widths, 0))])
+    return {"ink": ink, "text": text, "boxes": boxes,
+            "word_ids": tf.where(kept, ids, -1), "num_words": num_words,
+            "num_lines": num_lines, "content_box": content_box}
+
+  def _render(self, ids, lines, xs, word_widths, kept, num_words, num_lines, top, left, pitch):
+    """uint8 [H, W] canvas by gathering strip columns: no scatter, no loop."""
+    lay = self.layout
+    height, width, word_height = lay.canvas_height, lay.canvas_width, lay.word_height
+    max_lines = lay.max_lines
+    # Word j covers keys line_j * stride + [x_j, x_j + w_j); keys rise with j.
+    stride = width + 1
+    keys = tf.where(kept, lines * stride + xs, tf.int32.max)
+    line_index = tf.range(max_lines, dtype=tf.int32)[:, None]
+    x = tf.range(width, dtype=tf.int32)[None, :] - left
+    queries = tf.reshape(line_index * stride + x, [1, -1])
+    word = tf.reshape(tf.searchsorted(keys[None, :], queries, side="right"),
+                      [max_lines, width]) - 1
+    word_clipped = tf.maximum(word, 0)
+    word_x = tf.gather(xs, word_clipped)
+    inside = ((word >= 0) & (word < num_words) & (tf.gather(lines, word_clipped) == line_index)
+              & (x - word_x < tf.gather(word_widths, word_clipped)))
+    column = tf.gather(self.offsets, tf.gather(ids, word_clipped)) + x - word_x
+    column = tf.where(inside, column, self.blank_column)
+    line_images = tf.gather(self.strip_columns, column)  # [max_lines, W, word_height]
+    rows = tf.reshape(tf.transpose(line_images, [0, 2, 1]), [max_lines * word_height, width])
+    rows = tf.concat([rows, tf.zeros([1, width], tf.uint8)], axis=0)
+
+    y = tf.range(height, dtype=tf.int32) - top
+    row_line = tf.math.floordiv(y, pitch)
+    row_in_line = y - row_line * pitch
+    on_line = (y >= 0) & (row_in_line < word_height) & (row_line < num_lines)
+    source_row = tf.where(on_line, row_line * word_height + row_in_line, max_lines * word_height)
+    return tf.gather(rows, source_row)
+
+
+def ink_to_grey(ink) -> tf.Tensor:
+  """uint8 ink (0 = paper) -> float32 grey levels in [0, 1], paper = 1."""
+  return 1.0 - tf.cast(ink, tf.float32) / 255.0
+

@@ -1,0 +1,152 @@
+import itertools
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from fphtr_jax import tokenizer as tokenizer_lib
+from input_pipeline import handwriting
+from input_pipeline import pipeline
+from input_pipeline import synthetic
+
+
+def take(dataset, num_batches):
+  return list(itertools.islice(dataset.as_numpy_iterator(), num_batches))
+
+
+def assert_same_batches(first, second):
+  assert len(first) == len(second)
+  for a, b in zip(first, second):
+    assert a.keys() == b.keys()
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_batches_have_the_documented_format(tiny_config):
+  train_ds, _ = pipeline.create_datasets(tiny_config)
+  batch = next(train_ds.as_numpy_iterator())
+  data = tiny_config.data
+  b, h, w, t = 8, data.image_height, data.image_width, data.max_len
+  assert batch["image"].shape == (b, h, w, 1) and batch["image"].dtype == np.float32
+  assert batch["tokens"].shape == (b, t) and batch["tokens"].dtype == np.int32
+  assert batch["mask"].shape == (b,) and (batch["mask"] == 1.0).all()
+  # White paper is the background value; no example is blank.
+  assert np.isclose(batch["image"].max(), pipeline.background_value())
+  assert (batch["image"].reshape(b, -1).min(axis=1) < 0.0).all()
+
+  tok = tokenizer_lib.Tokenizer(tiny_config.data.charset)
+  for tokens in batch["tokens"]:
+    assert tokens[0] == tokenizer_lib.SOS_ID
+    eos = int(np.flatnonzero(tokens == tokenizer_lib.EOS_ID)[0])
+    assert eos >= 2 and (tokens[1:eos] >= tokenizer_lib.NUM_SPECIAL).all()
+    assert (tokens[eos + 1:] == tokenizer_lib.PAD_ID).all()
+    # The same rule as the model's tokenizer, both ways.
+    np.testing.assert_array_equal(tok.encode(tok.decode(tokens), max_len=t), tokens)
+
+
+def test_tokens_are_the_composed_text(tiny_config, bank_cache_dir):
+  bank = handwriting.load_word_bank(tiny_config.data, "train", cache_dir=bank_cache_dir)
+  composer = synthetic.SyntheticComposer(bank, tiny_config.data)
+  example = pipeline.make_synthetic_example(composer, tiny_config.data, (1, 0), augment=True)
+  tok = tokenizer_lib.Tokenizer(tiny_config.data.charset)
+  for index in range(4):
+    features = example(tf.constant(index, tf.int64))
+    text = features["text"].numpy().decode()
+    assert text and tok.decode(features["tokens"].numpy()) == text
+
+
+def test_same_seed_same_batches_whatever_the_parallelism(tiny_config):
+  tiny_config.data.augment = True
+  first = take(pipeline.create_datasets(tiny_config)[0], 2)
+  tiny_config.data.num_parallel_calls = 1
+  again = take(pipeline.create_datasets(tiny_config)[0], 2)
+  assert_same_batches(first, again)
+  tiny_config.train.seed += 1
+  other = take(pipeline.create_datasets(tiny_config)[0], 1)
+  assert not np.array_equal(first[0]["tokens"], other[0]["tokens"])
+
+
+def test_start_step_skips_exactly(tiny_config):
+  from_start = take(pipeline.create_datasets(tiny_config)[0], 3)
+  resumed = take(pipeline.create_datasets(tiny_config, start_step=2)[0], 1)
+  assert_same_batches(from_start[2:3], resumed)
+
+
+def test_processes_share_out_each_global_batch(tiny_config):
+  whole = take(pipeline.create_datasets(tiny_config)[0], 2)
+  parts = [take(pipeline.create_datasets(tiny_config, process_index=i, process_count=2)[0], 2)
+           for i in range(2)]
+  assert parts[0][0]["image"].shape[0] == 4
+  assert not np.array_equal(parts[0][0]["tokens"], parts[1][0]["tokens"])
+  for step in range(2):
+    for key in ("image", "tokens", "mask"):
+      np.testing.assert_array_equal(
+          np.concatenate([parts[0][step][key], parts[1][step][key]]), whole[step][key])
+
+
+def test_eval_set_is_fixed_and_padded_with_mask(tiny_config):
+  tiny_config.eval.num_examples = 11
+  tiny_config.eval.batch_size = 4
+  _, eval_ds = pipeline.create_datasets(tiny_config)
+  first, again = list(eval_ds.as_numpy_iterator()), list(eval_ds.as_numpy_iterator())
+  assert_same_batches(first, again)
+  assert len(first) == 3
+  np.testing.assert_array_equal(first[-1]["mask"], [1, 1, 1, 0])
+  padding = first[-1]
+  assert np.allclose(padding["image"][3], pipeline.background_value())
+  assert padding["tokens"][3][:3].tolist() == [tokenizer_lib.SOS_ID, tokenizer_lib.EOS_ID,
+                                               tokenizer_lib.PAD_ID]
+  # Eval examples differ from training ones.
+  train_batch = take(pipeline.create_datasets(tiny_config)[0], 1)[0]
+  assert not np.array_equal(train_batch["tokens"][:4], first[0]["tokens"])
+
+  # Two processes: the same 11 examples, none twice, the same number of batches.
+  parts = [list(pipeline.create_datasets(tiny_config, process_index=i, process_count=2)[1]
+                .as_numpy_iterator()) for i in range(2)]
+  assert len(parts[0]) == len(parts[1]) == 3
+  whole_tokens = np.concatenate([b["tokens"][b["mask"] > 0] for b in first])
+  split_tokens = np.concatenate([b["tokens"][b["mask"] > 0] for p in parts for b in p])
+  assert len(split_tokens) == 11
+  assert sorted(map(bytes, split_tokens)) == sorted(map(bytes, whole_tokens))
+
+
+def test_char_outside_charset_is_a_clear_error(tiny_config, bank_cache_dir):
+  bank = handwriting.load_word_bank(tiny_config.data, "train", cache_dir=bank_cache_dir)
+  word = next(str(t) for t in bank.texts if "e" in str(t))
+  tiny_config.data.charset = tiny_config.data.charset.replace("e", "")
+  with pytest.raises(ValueError, match=f"'e'.*{word!r}.*data.charset"):
+    pipeline.check_texts(bank.texts, tiny_config.data, source="train word bank")
+
+
+def test_forms_need_a_newline_in_the_charset(tiny_config):
+  tiny_config.data.level = "form"
+  tiny_config.data.charset = tiny_config.data.charset.replace("\n", "")
+  with pytest.raises(ValueError, match="data.charset"):
+    pipeline.create_datasets(tiny_config)
+
+
+def test_batch_not_divisible_by_processes_is_a_clear_error(tiny_config):
+  with pytest.raises(ValueError, match="train.batch_size"):
+    pipeline.create_datasets(tiny_config, process_index=0, process_count=3)
+  tiny_config.eval.batch_size = 6
+  with pytest.raises(ValueError, match="eval.batch_size"):
+    pipeline.create_datasets(tiny_config, process_index=0, process_count=4)
+
+
+def test_unknown_source_is_a_clear_error(tiny_config):
+  tiny_config.data.source = "scans"
+  with pytest.raises(ValueError, match="data.source"):
+    pipeline.create_datasets(tiny_config)
+
+
+def test_mixing_draws_from_both_sources():
+  synthetic_ds = tf.data.Dataset.from_tensors({"mask": 1.0}).repeat()
+  real_ds = tf.data.Dataset.from_tensors({"mask": 2.0}).repeat()
+  values = [float(x["mask"]) for x in pipeline.mix_with_synthetic(
+      real_ds, synthetic_ds, 0.5, seed=0).take(64).as_numpy_iterator()]
+  assert set(values) == {1.0, 2.0}
+  only = {float(x["mask"]) for x in pipeline.mix_with_synthetic(
+      real_ds, synthetic_ds, 1.0, seed=0).take(16).as_numpy_iterator()}
+  assert only == {1.0}
+  with pytest.raises(ValueError, match="data.synthetic_proba"):
+    pipeline.mix_with_synthetic(real_ds, synthetic_ds, 1.5, seed=0)
