@@ -53,10 +53,13 @@ def get_config():
   config.data.augment = True
   # Largest random rotation, degrees; also limited by the room around the text.
   config.data.max_rotation = 2.0
-  # Embedded handwriting source. None = the pip-installed fonts / word list.
-  config.data.font_paths = None  # list of files or folders of TTF/OTF
-  config.data.text_file = None  # any UTF-8 text, split into words
-  config.data.cache_dir = None  # word-image bank; None = ~/.cache/fphtr_jax
+  # Embedded handwriting source. Unset = the pip-installed fonts / word list.
+  # font_paths: TTF/OTF files or folders, comma-separated ("hershey:NAME" for
+  # a Hershey stroke font); text_file: any UTF-8 text, split into words.
+  config.data.font_paths = ml_collections.config_dict.placeholder(str)
+  config.data.text_file = ml_collections.config_dict.placeholder(str)
+  # Where word-image banks are cached; unset = ~/.cache/fphtr_jax.
+  config.data.cache_dir = ml_collections.config_dict.placeholder(str)
   config.data.bank_size = 20000  # pre-rendered word images
   # Embedded handwriting source: writers, held-out fonts, text checks.
   config.data.heldout_fonts = ()  # font file stems kept for the eval split

@@ -177,7 +177,7 @@ def train_step(state: TrainState, batch, rng, *, label_smoothing: float, schedul
   (loss, (accuracy, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   new_state = state.apply_gradients(grads=grads, batch_stats=updates["batch_stats"])
   step_metrics = TrainMetrics.single_from_model_output(
-      loss=loss, accuracy=accuracy, grad_norm=optax.global_norm(grads),
+      loss=loss, accuracy=accuracy, grad_norm=optax.tree.norm(grads),
       learning_rate=schedule(state.step))
   return new_state, step_metrics
 

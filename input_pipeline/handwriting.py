@@ -43,7 +43,7 @@ from PIL import ImageFont
 
 # Bump whenever a change to this module changes the rendered pixels or texts,
 # so that cached banks are rebuilt.
-RENDER_VERSION = 2
+RENDER_VERSION = 3
 # Row of the baseline, as a fraction of word_height: room above for
 # ascenders and capitals, below for descenders.
 BASELINE_FRACTION = 0.72
@@ -66,6 +66,11 @@ _WORDFREQ_VOCABULARY_SIZE = 30_000
 # Word probabilities are frequency ** exponent: common words stay common while
 # the bank covers more of the vocabulary than raw frequencies would.
 _WORDFREQ_EXPONENT = 0.75
+# Words the default vocabulary leaves out: page previews are shown to people.
+_OFFENSIVE_STEMS = ("fuck", "shit", "cunt", "bitch", "nigg", "whore", "slut", "pussy",
+                    "porn", "retard")
+_OFFENSIVE_WORDS = frozenset(("dick", "dicks", "cock", "cocks", "fag", "fags", "rape", "raped",
+                              "rapist", "bastard", "bastards", "tits", "cum", "anal"))
 _SPLITS = ("train", "eval")
 _DEFAULT_WORDS_PER_WRITER = (200, 400)
 # Banks smaller than this render in-process; starting workers costs more.
@@ -170,11 +175,14 @@ def list_default_fonts() -> list[FontSource]:
 def resolve_fonts(font_paths: str | Sequence[str] | None) -> list[FontSource]:
   """Fonts named by `data.font_paths`: TTF/OTF files, folders, "hershey:NAME".
 
-  None gives `list_default_fonts()`. Folders are searched recursively.
+  None or "" gives `list_default_fonts()`. A string may list several entries
+  separated by commas. Folders are searched recursively.
   """
-  if font_paths is None:
+  if not font_paths:
     return list_default_fonts()
-  if isinstance(font_paths, (str, os.PathLike)):
+  if isinstance(font_paths, str):
+    font_paths = [p.strip() for p in font_paths.split(",") if p.strip()]
+  elif isinstance(font_paths, os.PathLike):
     font_paths = [font_paths]
   fonts = []
   for entry in font_paths:
@@ -521,6 +529,8 @@ def _wordfreq_vocabulary(charset: str) -> tuple[tuple, np.ndarray]:
     frequency = wordfreq.word_frequency(word, _WORDFREQ_LANGUAGE)
     if any(c.isdigit() for c in word):
       continue  # wordfreq merges digits; numbers are made up separately
+    if word in _OFFENSIVE_WORDS or any(stem in word for stem in _OFFENSIVE_STEMS):
+      continue
     if "." in word:
       word += "."  # "e.g" -> "e.g."
     if word == "i" or word.startswith("i'"):

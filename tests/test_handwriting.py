@@ -139,7 +139,7 @@ def test_user_font_folder_and_text_file(tmp_path):
   text_file = _write_text(tmp_path, " ".join(words[:9]) + "\n"
                           + " ".join(words[9:]) + "\n")
   config = _data_config(tmp_path, bank_size=50, words_per_writer=(20, 30),
-                        font_paths=[str(font_dir)], text_file=str(text_file))
+                        font_paths=str(font_dir), text_file=str(text_file))
   bank = handwriting.load_word_bank(config, "train")
   # The text in order, from the start, again when it runs out.
   assert bank.texts.tolist() == [words[i % len(words)] for i in range(50)]
@@ -180,8 +180,8 @@ def test_font_lacking_a_character_never_gets_words_with_it(tmp_path):
   text_file = _write_text(tmp_path, text)
   config = _data_config(
       tmp_path, charset=default.IAM_CHARSET + cyrillic,
-      font_paths=[str(_font_path("Caveat[wght]")),
-                  str(_font_path("IndieFlower-Regular")), "hershey:cursive"],
+      font_paths=",".join([str(_font_path("Caveat[wght]")),
+                           str(_font_path("IndieFlower-Regular")), "hershey:cursive"]),
       text_file=str(text_file), bank_size=150, words_per_writer=(25, 35))
   bank = handwriting.load_word_bank(config, "train")
   assert {"IndieFlower-Regular", "hershey-cursive"} <= set(bank.font_names)
@@ -213,7 +213,7 @@ def test_empty_font_folder_is_an_error(tmp_path):
   empty = tmp_path / "no_fonts"
   empty.mkdir()
   (empty / "readme.txt").write_text("not a font")
-  config = _data_config(tmp_path, font_paths=[str(empty)])
+  config = _data_config(tmp_path, font_paths=str(empty))
   with pytest.raises(ValueError, match=str(empty)):
     handwriting.load_word_bank(config, "train")
 

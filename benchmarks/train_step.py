@@ -1,0 +1,229 @@
+r"""FPHTR train-step time: the compiled JAX step beside the reference PyTorch model.
+
+  python -m benchmarks.train_step [--cases=resnet18_line,resnet34_page] [--steps=10]
+      [--warmup=2] [--notorch] [--dtype=bfloat16] [--rng_impl=unsafe_rbg]
+
+The model is configs/default.py's (d_model 260, 6 post-norm layers, 4 heads,
+MLP 1024, dropout 0.1, Adam 2e-4, its charset) with the case's encoder, image
+size, batch and token length. Both frameworks train on the same random batch.
+Their steps alternate, one JAX step then one PyTorch step, so that load from
+other processes slows both alike: on a shared machine the ratio
+`speedup_vs_torch` (PyTorch median / JAX median) is the figure to compare.
+Without torch installed only the JAX figures are printed (torch fields null).
+
+Prints one JSON line per case, e.g.
+  {"case": "resnet18_line", "encoder": "resnet18", "batch": 4, "height": 64,
+   "width": 896, "tokens": 90, "jax_step_s": ..., "jax_examples_per_s": ...,
+   "torch_step_s": ..., "speedup_vs_torch": ..., "params": ..., ...}
+Step times are medians over --steps steps, after compilation and --warmup
+steps; the JAX step is timed until its outputs are ready (block_until_ready).
+"""
+
+import dataclasses
+import functools
+import json
+import os
+import statistics
+import time
+
+import flax.linen as nn
+import jax
+import numpy as np
+from absl import app
+from absl import flags
+from flax import traverse_util
+
+from configs import default
+from fphtr_jax import sharding
+from fphtr_jax import tokenizer as tokenizer_lib
+from fphtr_jax import train
+
+try:
+  import torch
+  from benchmarks import torch_reference
+except ImportError:  # PyTorch is optional: JAX figures only.
+  torch = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+  encoder: str
+  batch: int
+  height: int
+  width: int
+  tokens: int  # including <SOS> and <EOS>; the reference's line/form max lengths
+
+
+CASES = {
+    "resnet18_line": Case("resnet18", batch=4, height=64, width=896, tokens=90),
+    "resnet34_line": Case("resnet34", batch=4, height=64, width=896, tokens=90),
+    "resnet18_page": Case("resnet18", batch=1, height=1024, width=1248, tokens=700),
+    "resnet34_page": Case("resnet34", batch=1, height=1024, width=1248, tokens=700),
+}
+
+_CASES = flags.DEFINE_list("cases", list(CASES), f"Cases to time, from {list(CASES)}.")
+_STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per framework and case.")
+_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps per framework after compilation.")
+_TORCH = flags.DEFINE_bool("torch", True, "Also time the reference PyTorch model (--notorch: "
+                           "JAX only).")
+_TORCH_THREADS = flags.DEFINE_integer("torch_threads", None,
+                                      "PyTorch intra-op threads; default: the usable cores.")
+_DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"],
+                           "JAX compute dtype (model.dtype); default: the config's.")
+_RNG_IMPL = flags.DEFINE_string("rng_impl", None,
+                                "JAX PRNG for dropout (train.rng_impl); default: the config's.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the random batch.")
+
+
+def case_config(case: Case):
+  config = default.get_config()
+  config.model.encoder = case.encoder
+  if _DTYPE.value:
+    config.model.dtype = _DTYPE.value
+  if _RNG_IMPL.value:
+    config.train.rng_impl = _RNG_IMPL.value
+  config.data.image_height = case.height
+  config.data.image_width = case.width
+  config.data.max_len = case.tokens
+  config.train.batch_size = case.batch
+  return config
+
+
+def random_batch(case: Case, vocab_size: int, seed: int) -> dict:
+  """Random images and token rows `<SOS> chars <EOS> <PAD>...` filling 75-100%."""
+  rng = np.random.default_rng(seed)
+  images = rng.normal(size=(case.batch, case.height, case.width, 1)).astype(np.float32)
+  tokens = np.full((case.batch, case.tokens), tokenizer_lib.PAD_ID, np.int32)
+  for row in tokens:
+    length = rng.integers(case.tokens * 3 // 4, case.tokens - 1, endpoint=True)
+    row[0] = tokenizer_lib.SOS_ID
+    row[1:length] = rng.integers(tokenizer_lib.NUM_SPECIAL, vocab_size, size=length - 1)
+    row[length] = tokenizer_lib.EOS_ID
+  return {"image": images, "tokens": tokens}
+
+
+def param_counts(params) -> dict:
+  """Total, image-encoder and text-decoder parameter counts of a params tree."""
+  counts = {"params": 0, "encoder_params": 0, "decoder_params": 0}
+  for path, leaf in traverse_util.flatten_dict(params).items():
+    counts["params"] += leaf.size
+    if path[0] == "image_encoder":
+      counts["encoder_params"] += leaf.size
+    elif path[0] == "text_decoder":
+      counts["decoder_params"] += leaf.size
+  return counts
+
+
+class JaxStep:
+  """The project's jitted train_step on one fixed batch, state carried along."""
+
+  def __init__(self, config, batch: dict):
+    tokenizer = tokenizer_lib.Tokenizer(config.data.charset)
+    self.mesh = sharding.create_mesh(config.mesh)
+    rng = jax.random.key(config.train.seed, impl=config.train.rng_impl)
+    init_rng, self.dropout_rng = jax.random.split(rng)
+    model = train.create_model(config, tokenizer)
+    self.state, state_shardings = train.create_train_state(config, model, self.mesh, init_rng)
+    _, schedule = train.create_optimizer(config.train)
+    step = jax.jit(
+        functools.partial(train.train_step, label_smoothing=config.train.label_smoothing,
+                          schedule=schedule),
+        in_shardings=(state_shardings, sharding.batch_sharding(self.mesh), None),
+        out_shardings=(state_shardings, None), donate_argnums=0)
+    # The model's logical sharding constraints resolve while tracing.
+    with jax.set_mesh(self.mesh), nn.logical_axis_rules(sharding.logical_rules(config.mesh)):
+      self.batch = sharding.put_batch(batch, self.mesh)
+      start = time.perf_counter()
+      self.compiled = step.lower(self.state, self.batch, self.dropout_rng).compile()
+      self.compile_s = time.perf_counter() - start
+
+  def __call__(self):
+    self.state, metrics = self.compiled(self.state, self.batch, self.dropout_rng)
+    jax.block_until_ready((self.state, metrics))
+
+
+class TorchStep:
+  """The reference PyTorch model's train step on the same batch."""
+
+  def __init__(self, config, batch: dict):
+    m = config.model
+    vocab_size = tokenizer_lib.Tokenizer(config.data.charset).vocab_size
+    torch.manual_seed(config.train.seed)
+    model = torch_reference.FPHTR(vocab_size, config.data.max_len, m.encoder, m.d_model,
+                                  m.num_layers, m.num_heads, m.mlp_dim, m.dropout_rate)
+    self.step = torch_reference.TrainStep(model, config.train.learning_rate)
+    self.images = torch.from_numpy(batch["image"]).permute(0, 3, 1, 2).contiguous()
+    self.tokens = torch.from_numpy(batch["tokens"]).long()
+    self.params = {
+        "torch_params": torch_reference.count_params(model),
+        "torch_encoder_params": torch_reference.count_params(model.encoder),
+        "torch_decoder_params": torch_reference.count_params(model.decoder),
+    }
+
+  def __call__(self):
+    self.step(self.images, self.tokens)
+
+
+def _seconds(fn) -> float:
+  start = time.perf_counter()
+  fn()
+  return time.perf_counter() - start
+
+
+def run_case(name: str, case: Case, with_torch: bool) -> dict:
+  config = case_config(case)
+  train.validate_config(config)
+  vocab_size = tokenizer_lib.Tokenizer(config.data.charset).vocab_size
+  batch = random_batch(case, vocab_size, _SEED.value)
+  jax_step = JaxStep(config, batch)
+  torch_step = TorchStep(config, batch) if with_torch else None
+  steps = [jax_step] + ([torch_step] if torch_step else [])
+
+  for _ in range(_WARMUP.value):
+    for step in steps:
+      step()
+  # Alternate the frameworks so that outside load hits both alike.
+  times = [[] for _ in steps]
+  for _ in range(_STEPS.value):
+    for step, seconds in zip(steps, times):
+      seconds.append(_seconds(step))
+
+  jax_s = statistics.median(times[0])
+  torch_s = statistics.median(times[1]) if torch_step else None
+  result = {
+      "case": name, "encoder": case.encoder, "batch": case.batch, "height": case.height,
+      "width": case.width, "tokens": case.tokens,
+      "memory_len": -(-case.height // train.ENCODER_STRIDE) * -(-case.width // train.ENCODER_STRIDE),
+      "dtype": config.model.dtype, "rng_impl": config.train.rng_impl,
+      "backend": jax.default_backend(), "steps": _STEPS.value,
+      "jax_compile_s": round(jax_step.compile_s, 2),
+      "jax_step_s": round(jax_s, 4),
+      "jax_step_s_range": [round(min(times[0]), 4), round(max(times[0]), 4)],
+      "jax_examples_per_s": round(case.batch / jax_s, 3),
+      "torch_step_s": round(torch_s, 4) if torch_s else None,
+      "torch_step_s_range": ([round(min(times[1]), 4), round(max(times[1]), 4)]
+                             if torch_s else None),
+      "torch_examples_per_s": round(case.batch / torch_s, 3) if torch_s else None,
+      "speedup_vs_torch": round(torch_s / jax_s, 3) if torch_s else None,
+      **param_counts(jax_step.state.params),
+  }
+  result.update(torch_step.params if torch_step else dict.fromkeys(
+      ("torch_params", "torch_encoder_params", "torch_decoder_params")))
+  return result
+
+
+def main(argv):
+  del argv
+  unknown = [name for name in _CASES.value if name not in CASES]
+  if unknown:
+    raise app.UsageError(f"--cases has unknown cases {unknown}; choose from {list(CASES)}.")
+  with_torch = _TORCH.value and torch is not None
+  if with_torch:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    torch.set_num_threads(_TORCH_THREADS.value or cores)
+  for name in _CASES.value:
+    print(json.dumps(run_case(name, CASES[name], with_torch)), flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)
