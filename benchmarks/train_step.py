@@ -38,12 +38,6 @@ from fphtr_jax import sharding
 from fphtr_jax import tokenizer as tokenizer_lib
 from fphtr_jax import train
 
-try:
-  import torch
-  from benchmarks import torch_reference
-except ImportError:  # PyTorch is optional: JAX figures only.
-  torch = None
-
 
 @dataclasses.dataclass(frozen=True)
 class Case:
@@ -68,6 +62,11 @@ _TORCH = flags.DEFINE_bool("torch", True, "Also time the reference PyTorch model
                            "JAX only).")
 _TORCH_THREADS = flags.DEFINE_integer("torch_threads", None,
                                       "PyTorch intra-op threads; default: the usable cores.")
+_OMP_WAIT_POLICY = flags.DEFINE_enum(
+    "omp_wait_policy", "PASSIVE", ["PASSIVE", "ACTIVE", ""],
+    "OMP_WAIT_POLICY for PyTorch's OpenMP threads; '' leaves the environment's. PASSIVE keeps "
+    "the baseline from collapsing when other processes share the cores: with spinning (ACTIVE) "
+    "threads, a 2-thread step can take 10x longer on a busy 2-core machine.")
 _DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"],
                            "JAX compute dtype (model.dtype); default: the config's.")
 _RNG_IMPL = flags.DEFINE_string("rng_impl", None,
@@ -142,10 +141,25 @@ class JaxStep:
     jax.block_until_ready((self.state, metrics))
 
 
+def load_torch(num_threads: int | None):
+  """Imports PyTorch set up for the baseline; None when it is not installed."""
+  if _OMP_WAIT_POLICY.value:
+    # OpenMP reads this once, when torch loads it.
+    os.environ["OMP_WAIT_POLICY"] = _OMP_WAIT_POLICY.value
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return None
+  torch.set_num_threads(num_threads or len(os.sched_getaffinity(0)))
+  return torch
+
+
 class TorchStep:
   """The reference PyTorch model's train step on the same batch."""
 
   def __init__(self, config, batch: dict):
+    import torch  # pylint: disable=g-import-not-at-top
+    from benchmarks import torch_reference  # pylint: disable=g-import-not-at-top
     m = config.model
     vocab_size = tokenizer_lib.Tokenizer(config.data.charset).vocab_size
     torch.manual_seed(config.train.seed)
@@ -155,6 +169,7 @@ class TorchStep:
     self.images = torch.from_numpy(batch["image"]).permute(0, 3, 1, 2).contiguous()
     self.tokens = torch.from_numpy(batch["tokens"]).long()
     self.params = {
+        "torch_threads": torch.get_num_threads(),
         "torch_params": torch_reference.count_params(model),
         "torch_encoder_params": torch_reference.count_params(model.encoder),
         "torch_decoder_params": torch_reference.count_params(model.decoder),
@@ -205,10 +220,12 @@ def run_case(name: str, case: Case, with_torch: bool) -> dict:
                              if torch_s else None),
       "torch_examples_per_s": round(case.batch / torch_s, 3) if torch_s else None,
       "speedup_vs_torch": round(torch_s / jax_s, 3) if torch_s else None,
+      # Fastest steps: what each does when the machine leaves it alone.
+      "speedup_vs_torch_min": round(min(times[1]) / min(times[0]), 3) if torch_s else None,
       **param_counts(jax_step.state.params),
   }
   result.update(torch_step.params if torch_step else dict.fromkeys(
-      ("torch_params", "torch_encoder_params", "torch_decoder_params")))
+      ("torch_threads", "torch_params", "torch_encoder_params", "torch_decoder_params")))
   return result
 
 
@@ -217,10 +234,7 @@ def main(argv):
   unknown = [name for name in _CASES.value if name not in CASES]
   if unknown:
     raise app.UsageError(f"--cases has unknown cases {unknown}; choose from {list(CASES)}.")
-  with_torch = _TORCH.value and torch is not None
-  if with_torch:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    torch.set_num_threads(_TORCH_THREADS.value or cores)
+  with_torch = _TORCH.value and load_torch(_TORCH_THREADS.value) is not None
   for name in _CASES.value:
     print(json.dumps(run_case(name, CASES[name], with_torch)), flush=True)
 

@@ -77,6 +77,9 @@ def get_config():
   config.train.rng_impl = "threefry2x32"
   config.train.num_steps = 100_000
   config.train.batch_size = 8  # global, across all devices and processes
+  # Micro-batches per step (batch_size / grad_accum_steps examples each), run
+  # one after another with their gradients summed: same step, less memory.
+  config.train.grad_accum_steps = 1
   config.train.optimizer = "adam"  # adam | adamw
   config.train.learning_rate = 2e-4
   config.train.weight_decay = 0.0  # adamw only
@@ -84,28 +87,32 @@ def get_config():
   config.train.warmup_steps = 0
   config.train.grad_clip_norm = 0.0  # 0 = no clipping
   config.train.label_smoothing = 0.0
-  config.train.log_every_steps = 50
+  config.train.log_every_steps = 10
 
   # --- Evaluation ------------------------------------------------------------
   config.eval = ml_collections.ConfigDict()
-  config.eval.every_steps = 2000
+  config.eval.every_steps = 1000
   config.eval.num_examples = 64
   config.eval.batch_size = 8
   config.eval.num_images = 4  # pages drawn to TensorBoard with their text
 
   # --- Checkpoints -----------------------------------------------------------
   config.checkpoint = ml_collections.ConfigDict()
-  config.checkpoint.every_steps = 1000
+  config.checkpoint.every_steps = 200
   config.checkpoint.max_to_keep = 3
   config.checkpoint.async_save = True
 
   # --- Device mesh -----------------------------------------------------------
-  # Mesh axis sizes; -1 takes the devices left over.
+  # Mesh axis sizes, over the devices of all processes; -1 takes the devices
+  # left over. The default is pure data parallelism; configs/fsdp.py and
+  # configs/tensor_parallel.py split parameters too.
   config.mesh = ml_collections.ConfigDict()
   config.mesh.data = -1
   config.mesh.fsdp = 1
   config.mesh.tensor = 1
-  # Logical axis name -> mesh axis (or None = replicated).
+  # Logical axis name -> mesh axis (or None = replicated), tried in order; a
+  # rule whose mesh axis an array already uses is skipped. A dimension its
+  # mesh axes do not divide is an error naming the parameter.
   config.mesh.rules = (
       ("batch", ("data", "fsdp")),
       ("embed", None),

@@ -4,6 +4,19 @@ The model names every parameter and a few activations with logical axes
 ("batch", "embed", "mlp", ...); `config.mesh.rules` maps those names to the
 mesh axes ("data", "fsdp", "tensor"). The same code then runs on one CPU or
 on a pod: only the config changes.
+
+  data     batch split, parameters replicated (data parallel)
+  fsdp     batch split, and parameters / optimizer state split along the
+           dimensions the rules map to "fsdp" (configs/fsdp.py)
+  tensor   parameters split along the dimensions mapped to "tensor", the
+           batch replicated: the decoder's heads and MLP (configs/tensor_parallel.py)
+
+Rules are tried in order; a rule whose mesh axis an earlier dimension of the
+same array already uses is skipped (Flax's logical_to_mesh_axes), so
+("batch", ("data", "fsdp")) ahead of ("embed", "fsdp") keeps activations split
+by batch only. A dimension that its mesh axes do not divide is an error
+(see `logical_to_shardings`), not a silent fallback to replication: the memory a
+preset promises is the memory it uses.
 """
 
 import math
@@ -58,9 +71,48 @@ def logical_rules(mesh_config) -> tuple:
 
 
 def logical_to_shardings(boxed_tree, mesh: Mesh, rules):
-  """NamedShardings for a tree whose leaves may carry logical axis names."""
-  specs = nn.get_partition_spec(boxed_tree)
-  return nn.logical_to_mesh_sharding(specs, mesh, rules)
+  """NamedShardings for a tree whose leaves may carry logical axis names.
+
+  Args:
+    boxed_tree: arrays or ShapeDtypeStructs, some boxed in nn.LogicallyPartitioned
+      (e.g. `jax.eval_shape` of a Flax init).
+    mesh: the device mesh.
+    rules: (logical name, mesh axes) pairs, from `logical_rules`.
+
+  Returns:
+    A tree of NamedShardings, shaped like the unboxed tree.
+
+  Raises:
+    ValueError: a mesh axis does not divide the array dimension it would split;
+      the message names the parameter, its logical axis and the mesh field.
+  """
+  logical_specs = nn.get_partition_spec(boxed_tree)
+  shardings = nn.logical_to_mesh_sharding(logical_specs, mesh, rules)
+  is_box = lambda x: isinstance(x, nn.LogicallyPartitioned)
+  # .value, not nn.unbox: under a mesh unboxing applies a sharding constraint.
+  shapes = jax.tree.map(lambda x: x.value if is_box(x) else x, boxed_tree, is_leaf=is_box)
+  leaves = jax.tree_util.tree_flatten_with_path(shapes)[0]
+  for (path, leaf), named, logical in zip(leaves, jax.tree.leaves(shardings),
+                                          jax.tree.leaves(logical_specs), strict=True):
+    for dim, axes in enumerate(named.spec):
+      axes = () if axes is None else axes if isinstance(axes, tuple) else (axes,)
+      parts = math.prod(mesh.shape[a] for a in axes)
+      if leaf.shape[dim] % parts:
+        name = logical[dim]
+        sizes = " x ".join(f"mesh.{a}={mesh.shape[a]}" for a in axes)
+        raise ValueError(
+            f"{jax.tree_util.keystr(path, simple=True, separator='/')} has shape {leaf.shape}: "
+            f"dimension {dim} ({leaf.shape[dim]}, logical axis {name!r}) would be split over "
+            f"{sizes}, which does not divide it. Choose mesh sizes that divide "
+            f"{leaf.shape[dim]}, or map {name!r} to None in mesh.rules.")
+  return shardings
+
+
+def bytes_per_device(tree, device=None) -> int:
+  """Bytes of a tree's array shards held by `device` (default: the first local device)."""
+  device = jax.local_devices()[0] if device is None else device
+  return sum(shard.data.nbytes for leaf in jax.tree.leaves(tree)
+             for shard in leaf.addressable_shards if shard.device == device)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
@@ -83,3 +135,4 @@ def put_batch(batch: dict, mesh: Mesh) -> dict:
   """Per-process numpy batch -> global jax.Arrays sharded over the batch axes."""
   sharding = batch_sharding(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+

@@ -5,10 +5,12 @@ then `train_and_evaluate`, the outer loop that owns everything stateful
 (data iterators, writers, checkpoints, progress).
 """
 
+import contextlib
 import functools
-import json
 import os
+import signal
 import sys
+import threading
 import time
 from typing import Any
 
@@ -115,7 +117,8 @@ def create_train_state(config, model, mesh, rng) -> tuple[TrainState, Any]:
 
   `jax.eval_shape` gives the shapes and logical axis names without computing
   anything; the jitted init then writes each shard on its device, so no host
-  ever holds a full unsharded copy. Returns (state, state_shardings).
+  ever holds a full unsharded copy. Parameters and optimizer state are
+  float32 whatever model.dtype computes in. Returns (state, state_shardings).
   """
   d = config.data
   images = jnp.zeros((1, d.image_height, d.image_width, 1), jnp.float32)
@@ -132,6 +135,9 @@ def create_train_state(config, model, mesh, rng) -> tuple[TrainState, Any]:
     boxed = jax.eval_shape(init, rng)
     shardings = sharding.logical_to_shardings(boxed, mesh, rules)
     state = jax.jit(lambda r: nn.unbox(init(r)), out_shardings=shardings)(rng)
+  logging.info("Train state on %s: parameters %.1f MiB, optimizer state %.1f MiB per device.",
+               dict(mesh.shape), sharding.bytes_per_device(state.params) / 2**20,
+               sharding.bytes_per_device(state.opt_state) / 2**20)
   return state, shardings
 
 
@@ -162,20 +168,68 @@ def _split_batch(batch):
   return inputs, targets, weights
 
 
-def train_step(state: TrainState, batch, rng, *, label_smoothing: float, schedule):
-  """One optimizer step on a global batch; returns (new state, TrainMetrics)."""
-  inputs, targets, weights = _split_batch(batch)
-  dropout_rng = jax.random.fold_in(rng, state.step)
+def _micro_batches(batch, num_micro: int):
+  """[B, ...] arrays -> [num_micro, B / num_micro, ...], micro-batch i = rows i, i + n, ...
 
-  def loss_fn(params):
+  Interleaved rather than contiguous: every device's block of the batch holds
+  its share of every micro-batch, so no example moves between devices.
+  """
+  size = batch["tokens"].shape[0]
+  if size % num_micro:
+    raise ValueError(f"train.grad_accum_steps={num_micro} does not divide the batch of {size} "
+                     f"examples; train.batch_size must be a multiple of train.grad_accum_steps.")
+
+  def split(x):
+    x = x.reshape((size // num_micro, num_micro) + x.shape[1:]).swapaxes(0, 1)
+    return nn.with_logical_constraint(x, (None, "batch") + (None,) * (x.ndim - 2))
+
+  return jax.tree.map(split, batch)
+
+
+def train_step(state: TrainState, batch, rng, *, label_smoothing: float, schedule,
+               grad_accum_steps: int = 1):
+  """One optimizer step on a global batch; returns (new state, TrainMetrics).
+
+  With grad_accum_steps = n > 1 the batch is split into n micro-batches of
+  B / n examples that run one after another (lax.scan, so activations of only
+  one micro-batch are alive); their gradients are summed, each micro-batch's
+  loss weighted by its share of the batch's target tokens. The step then equals
+  a step on the whole batch except for BatchNorm, which normalises each
+  micro-batch with its own statistics and updates its running averages once
+  per micro-batch. Losses and gradients are float32 whatever model.dtype is.
+  """
+  dropout_rng = jax.random.fold_in(rng, state.step)
+  total_weight = jnp.maximum(_split_batch(batch)[2].sum(), 1.0)
+
+  def loss_fn(params, batch_stats, micro_batch, dropout_rng):
+    inputs, targets, weights = _split_batch(micro_batch)
     logits, updates = state.apply_fn(
-        {"params": params, "batch_stats": state.batch_stats}, batch["image"], inputs,
+        {"params": params, "batch_stats": batch_stats}, micro_batch["image"], inputs,
         train=True, rngs={"dropout": dropout_rng}, mutable=["batch_stats"])
     loss, accuracy = token_loss(logits, targets, weights, label_smoothing)
-    return loss, (accuracy, updates)
+    # token_loss averages over this micro-batch's tokens; reweight to the batch's.
+    share = jnp.maximum(weights.sum(), 1.0) / total_weight
+    return loss * share, (accuracy * share, updates["batch_stats"])
 
-  (loss, (accuracy, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  new_state = state.apply_gradients(grads=grads, batch_stats=updates["batch_stats"])
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  if grad_accum_steps == 1:
+    (loss, (accuracy, batch_stats)), grads = grad_fn(
+        state.params, state.batch_stats, batch, dropout_rng)
+  else:
+    def accumulate(carry, micro):
+      grads, batch_stats, loss, accuracy = carry
+      micro_batch, index = micro
+      (micro_loss, (micro_accuracy, batch_stats)), micro_grads = grad_fn(
+          state.params, batch_stats, micro_batch, jax.random.fold_in(dropout_rng, index))
+      grads = jax.tree.map(jnp.add, grads, micro_grads)
+      return (grads, batch_stats, loss + micro_loss, accuracy + micro_accuracy), None
+
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    (grads, batch_stats, loss, accuracy), _ = jax.lax.scan(
+        accumulate, (zeros, state.batch_stats, jnp.float32(0), jnp.float32(0)),
+        (_micro_batches(batch, grad_accum_steps), jnp.arange(grad_accum_steps)))
+
+  new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
   step_metrics = TrainMetrics.single_from_model_output(
       loss=loss, accuracy=accuracy, grad_norm=optax.tree.norm(grads),
       learning_rate=schedule(state.step))
@@ -223,6 +277,41 @@ def evaluate(p_eval_step, p_predict_step, state, eval_ds, tokenizer, mesh, num_i
 
 
 # --- The loop ------------------------------------------------------------------
+
+class StopRequest:
+  """Turns SIGTERM/SIGINT into a request to stop at the next step boundary.
+
+  The loop then saves a checkpoint of the finished step and exits cleanly,
+  instead of dying mid-step and losing everything since the last save.
+  """
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self):
+    self.signal_name = None
+    self._previous = {}
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.signal_name is not None:  # A second signal: stop right away.
+      raise KeyboardInterrupt
+    self.signal_name = signal.Signals(signum).name
+    logging.warning("%s received: saving a checkpoint after this step, then stopping "
+                    "(send it again to stop at once).", self.signal_name)
+
+  def __enter__(self):
+    for sig in self.SIGNALS:
+      self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+  @property
+  def requested(self) -> bool:
+    return self.signal_name is not None
+
 
 def _write_config(config, workdir: str):
   with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -298,7 +387,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   last_log_time, last_log_step = time.time(), start_step
 
   logging.info("Training from step %d to %d.", start_step, num_steps)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+  # Signal handlers can only be installed from the main thread.
+  in_main_thread = threading.current_thread() is threading.main_thread()
+  stop = StopRequest()
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules), (
+      stop if in_main_thread else contextlib.nullcontext()):
     for step in range(start_step + 1, num_steps + 1):
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
         batch = sharding.put_batch(next(train_iter), mesh)
@@ -332,10 +425,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
         # Greedy decoding is slow: restart the rate clock after eval.
         last_log_time = time.time()
 
-      if step % config.checkpoint.every_steps == 0 or step == num_steps:
+      # Read once: a signal may land anywhere in this block.
+      stopping = stop.requested
+      if step % config.checkpoint.every_steps == 0 or step == num_steps or stopping:
         with report_progress.timed("checkpoint"):
-          checkpointer.save(step, state, tokenizer, config)
+          checkpointer.save(step, state, tokenizer, config, force=stopping)
       writer.flush()
+      if stopping:
+        logging.warning("Stopped by %s at step %d; checkpoint saved in %s. Run the same "
+                        "command again to resume.", stop.signal_name, step, workdir)
+        break
 
   progress_bar.close()
   checkpointer.wait()

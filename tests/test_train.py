@@ -133,3 +133,44 @@ def test_command_line_error_names_the_field(tmp_path):
       cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert result.returncode != 0
   assert "model.encoder='resnet99'" in result.stderr
+
+
+def _train_command(workdir, cache_dir, *overrides):
+  return [sys.executable, "-m", "fphtr_jax.main", "--config=configs/tiny.py",
+          f"--workdir={workdir}", f"--config.data.cache_dir={cache_dir}", *overrides]
+
+
+def test_sigterm_saves_a_checkpoint_and_the_run_resumes(tmp_path, bank_cache_dir):
+  import signal
+  import time
+  workdir = tmp_path / "run"
+  log_path = tmp_path / "log.txt"
+  long_run = ("--config.train.num_steps=100000", "--config.checkpoint.every_steps=100000",
+              "--config.eval.every_steps=100000", "--config.train.log_every_steps=1")
+  with open(log_path, "w") as log:
+    process = subprocess.Popen(_train_command(workdir, bank_cache_dir, *long_run),
+                               cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    try:
+      # Wait until a few steps have been logged, then ask it to stop.
+      deadline = time.monotonic() + 240
+      while "[3] train/" not in log_path.read_text():
+        assert process.poll() is None, log_path.read_text()[-3000:]
+        assert time.monotonic() < deadline, "training did not start"
+        time.sleep(0.5)
+      process.send_signal(signal.SIGTERM)
+      assert process.wait(timeout=120) == 0, log_path.read_text()[-3000:]
+    finally:
+      process.kill()
+  output = log_path.read_text()
+  assert "Stopped by SIGTERM at step" in output
+  saved = [int(s) for s in os.listdir(workdir / "checkpoints")]
+  assert len(saved) == 1 and saved[0] >= 3, output[-3000:]
+  step = saved[0]
+
+  result = subprocess.run(
+      _train_command(workdir, bank_cache_dir, f"--config.train.num_steps={step + 2}",
+                     "--config.eval.every_steps=100000"),
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f"Resumed from step {step}" in result.stderr
+  assert str(step + 2) in os.listdir(workdir / "checkpoints")
