@@ -62,7 +62,7 @@ def _require(ok: bool, field: str, value, expected: str):
 
 def validate_config(config: ml_collections.ConfigDict):
   """Fails early, naming the field, on values that would fail hours later."""
-  for section in ("model", "data", "train", "eval", "checkpoint", "mesh"):
+  for section in ("model", "data", "train", "eval", "checkpoint", "mesh", "decode"):
     _require(section in config, section, None, "a config section")
   t, e, c, d = config.train, config.eval, config.checkpoint, config.data
   _require(t.num_steps > 0, "train.num_steps", t.num_steps, "a positive integer")
@@ -84,6 +84,11 @@ def validate_config(config: ml_collections.ConfigDict):
     _require(d[field] >= ENCODER_STRIDE, f"data.{field}", d[field],
              f"at least {ENCODER_STRIDE} pixels (the encoder's stride)")
   _require(d.max_len >= 3, "data.max_len", d.max_len, "at least 3 (<SOS>, a character, <EOS>)")
+  dec = config.decode
+  _require(dec.beam_size >= 1, "decode.beam_size", dec.beam_size, "1 (greedy) or more")
+  _require(dec.length_penalty >= 0, "decode.length_penalty", dec.length_penalty, "0 or more")
+  _require(dec.max_len == 0 or 2 <= dec.max_len <= d.max_len, "decode.max_len", dec.max_len,
+           f"0 (= data.max_len) or 2 to data.max_len={d.max_len}")
 
 
 # --- Model and train state -----------------------------------------------------
@@ -384,7 +389,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   progress_bar = tqdm.tqdm(total=num_steps, initial=start_step, unit="step", dynamic_ncols=True,
                            disable=not (is_main and sys.stderr.isatty()))
   train_metrics = None
-  last_log_time, last_log_step = time.time(), start_step
+  last_log_time, last_log_step, input_wait = time.time(), start_step, 0.0
 
   logging.info("Training from step %d to %d.", start_step, num_steps)
   # Signal handlers can only be installed from the main thread.
@@ -394,7 +399,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
       stop if in_main_thread else contextlib.nullcontext()):
     for step in range(start_step + 1, num_steps + 1):
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
-        batch = sharding.put_batch(next(train_iter), mesh)
+        wait_start = time.perf_counter()
+        batch = next(train_iter)
+        input_wait += time.perf_counter() - wait_start
+        batch = sharding.put_batch(batch, mesh)
         state, update = p_train_step(state, batch, dropout_rng)
         train_metrics = update if train_metrics is None else train_metrics.merge(update)
       report_progress(step)
@@ -406,10 +414,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
         steps_per_s = (step - last_log_step) / (now - last_log_time)
         summary["train/examples_per_s"] = steps_per_s * config.train.batch_size
         summary["train/steps_per_s"] = steps_per_s
+        # Share of the time the loop waited for the input pipeline: near 0
+        # when tf.data keeps ahead of the step.
+        summary["train/input_wait_fraction"] = input_wait / (now - last_log_time)
         writer.write_scalars(step, summary)
         progress_bar.set_postfix(loss=f"{summary['train/loss']:.3f}",
                                  ex_s=f"{summary['train/examples_per_s']:.1f}")
-        train_metrics, last_log_time, last_log_step = None, now, step
+        train_metrics, last_log_time, last_log_step, input_wait = None, now, step, 0.0
 
       if step % config.eval.every_steps == 0 or step == num_steps:
         with report_progress.timed("eval"):
