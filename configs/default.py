@@ -88,6 +88,9 @@ def get_config():
   config.train.grad_clip_norm = 0.0  # 0 = no clipping
   config.train.label_smoothing = 0.0
   config.train.log_every_steps = 10
+  # Steps with a non-finite loss, gradient or parameter are skipped; more than
+  # this many in a row stop the run (checked every log_every_steps).
+  config.train.max_skipped_steps = 20
 
   # --- Evaluation ------------------------------------------------------------
   config.eval = ml_collections.ConfigDict()
@@ -95,6 +98,14 @@ def get_config():
   config.eval.num_examples = 64
   config.eval.batch_size = 8
   config.eval.num_images = 4  # pages drawn to TensorBoard with their text
+
+  # --- Decoding (evaluate.py, predict.py) ------------------------------------
+  config.decode = ml_collections.ConfigDict()
+  config.decode.beam_size = 1  # 1 = greedy search (with the KV cache)
+  # Beam search ranks finished hypotheses by log-prob / ((5 + length) / 6)^alpha
+  # (GNMT); 0 ranks by plain log-probability, GNMT and t5x use 0.6.
+  config.decode.length_penalty = 0.0
+  config.decode.max_len = 0  # tokens, <SOS> included; 0 = data.max_len
 
   # --- Checkpoints -----------------------------------------------------------
   config.checkpoint = ml_collections.ConfigDict()

@@ -11,6 +11,7 @@ on its own. Saves are asynchronous; Orbax writes into a temporary folder and
 renames it when complete, so an interrupted save never hides the previous one.
 """
 
+import contextlib
 import os
 
 import jax
@@ -24,8 +25,12 @@ BEST_DIR = "best"
 
 
 def _manager(directory: str, max_to_keep: int, async_save: bool) -> ocp.CheckpointManager:
+  # A save is written to a temporary folder and renamed when complete, so a run
+  # killed mid-save leaves the previous checkpoints intact; the leftover
+  # temporary folder is removed when the next run opens the manager.
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save)
+      max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save,
+      cleanup_tmp_directories=True)
   return ocp.CheckpointManager(directory, options=options)
 
 
@@ -55,11 +60,29 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self.latest.latest_step()
 
+  def reached_preemption(self, step: int) -> bool:
+    """True on every process once any was told to stop (SIGTERM), at the same step."""
+    return self.latest.reached_preemption(step)
+
+  @contextlib.contextmanager
+  def _saving(self, what: str):
+    """Turns a failed save (a full disk, say) into an error that says what is safe."""
+    try:
+      yield
+    except Exception as error:  # pylint: disable=broad-except
+      complete = self.latest.all_steps()
+      raise OSError(
+          f"{what} in {self.latest.directory} failed: {error!r}. The complete checkpoints "
+          f"there (steps {sorted(complete)}) are untouched; free space and run again to resume "
+          "from the newest.") from error
+
   def save(self, step: int, state, tokenizer, config, force: bool = False) -> bool:
-    return self.latest.save(step, force=force, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        vocab=ocp.args.JsonSave(tokenizer.to_json()),
-        config=ocp.args.JsonSave(config.to_dict())))
+    # An async save reports its error at the next save or wait.
+    with self._saving(f"Saving checkpoint {step} (or finishing the one before)"):
+      return self.latest.save(step, force=force, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state),
+          vocab=ocp.args.JsonSave(tokenizer.to_json()),
+          config=ocp.args.JsonSave(config.to_dict())))
 
   def save_if_best(self, step: int, state, tokenizer, summary: dict) -> bool:
     """Keeps `state` as the best checkpoint when summary["cer"] beats the best so far."""
@@ -82,16 +105,26 @@ class Checkpointer:
         vocab=ocp.args.JsonRestore()))
     return restored["state"], tokenizer_lib.Tokenizer.from_json(restored["vocab"])
 
-  def restore_vocab(self, step: int | None = None) -> tokenizer_lib.Tokenizer | None:
+  def _restore_json(self, item: str, step: int | None):
     step = self.latest.latest_step() if step is None else step
     if step is None:
       return None
-    restored = self.latest.restore(step, args=ocp.args.Composite(vocab=ocp.args.JsonRestore()))
-    return tokenizer_lib.Tokenizer.from_json(restored["vocab"])
+    restored = self.latest.restore(step, args=ocp.args.Composite(**{item: ocp.args.JsonRestore()}))
+    return restored[item]
+
+  def restore_vocab(self, step: int | None = None) -> tokenizer_lib.Tokenizer | None:
+    """The vocabulary of the latest (or `step`'s) checkpoint; None when there is none."""
+    vocab = self._restore_json("vocab", step)
+    return None if vocab is None else tokenizer_lib.Tokenizer.from_json(vocab)
+
+  def restore_config(self, step: int | None = None) -> dict | None:
+    """The config (as a dict) the latest (or `step`'s) checkpoint was trained with."""
+    return self._restore_json("config", step)
 
   def wait(self):
-    self.latest.wait_until_finished()
-    self.best.wait_until_finished()
+    with self._saving("Finishing the last checkpoint"):
+      self.latest.wait_until_finished()
+      self.best.wait_until_finished()
 
   def close(self):
     self.latest.close()

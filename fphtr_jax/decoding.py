@@ -11,9 +11,12 @@ positions are kept), or, for the uncached decoder used by tests and the
 benchmark, a token buffer that the whole decoder re-reads every step, the way
 the reference implementation decoded (each step costs a full decoder pass).
 
-`decode_images` is the FPHTR glue: it runs the encoder once per image, builds
-the callback from `FPHTR.decode`, and picks the search. `transcriptions` turns
-the result into text with per-character and per-line confidences on the host.
+`decode_images` is the FPHTR glue: it runs the encoder once per image, then
+`decode_memory` builds the callback from `FPHTR.decode` and picks the search;
+`decode_fn` binds the settings of `config.decode`. `transcriptions` turns the
+result into text with per-character and per-line confidences on the host, and
+`cross_attention` gives the decoder's attention over the page while it wrote
+each token (one teacher-forced pass), for attention pictures.
 
 Both searches are batched and stop as soon as every sequence has emitted <EOS>
 (or after `max_len - 1` steps). <PAD> and <SOS> are never emitted. Under a
@@ -26,6 +29,7 @@ import functools
 from typing import Any, Callable
 
 import flax
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -260,16 +264,42 @@ def beam_search(tokens_to_logits: TokensToLogits, state, batch_size: int, beam_s
 # --- FPHTR glue -------------------------------------------------------------------
 
 
-def cached_tokens_to_logits(model: fphtr.FPHTR, variables, memory) -> TokensToLogits:
-  """One decoder step with the KV cache; state = the "cache" collection (init_cache)."""
+def _is_cross_attention(key: tuple[str, ...]) -> bool:
+  return "cross_attention" in key
 
-  def tokens_to_logits(tokens, cache):
+
+def cached_tokens_to_logits(model: fphtr.FPHTR, variables, memory,
+                            batch_size: int) -> tuple[TokensToLogits, Any]:
+  """One decoder step with the KV cache, and its initial state for `batch_size` rows.
+
+  The state is the "cache" collection (`fphtr.init_cache`) less the
+  cross-attention's part: the keys and values of the memory, computed once
+  here for every row of `memory` and held as constants. The loop then neither
+  carries nor copies them, and their cache_index, a constant past 0, lets XLA
+  drop the branch that would project the memory again.
+  """
+  rows, memory_len = memory.shape[:2]
+  _, primed = model.apply(
+      {**variables, "cache": fphtr.init_cache(model, rows, memory_len)}, memory,
+      jnp.full((rows, 1), SOS_ID, jnp.int32), train=False, decode=True,
+      method=fphtr.FPHTR.decode, mutable=["cache"])
+  cross_attention = {
+      key: jnp.ones_like(value) if key[-1] == "cache_index" else value
+      for key, value in traverse_util.flatten_dict(primed["cache"]).items()
+      if _is_cross_attention(key)}
+  state = {key: value for key, value in traverse_util.flatten_dict(
+      fphtr.init_cache(model, batch_size, memory_len)).items() if not _is_cross_attention(key)}
+
+  def tokens_to_logits(tokens, state):
+    cache = traverse_util.unflatten_dict({**state, **cross_attention})
     logits, mutated = model.apply(
         {**variables, "cache": cache}, memory, tokens, train=False, decode=True,
         method=fphtr.FPHTR.decode, mutable=["cache"])
-    return logits[:, -1], mutated["cache"]
+    new_state = {key: value for key, value in traverse_util.flatten_dict(mutated["cache"]).items()
+                 if not _is_cross_attention(key)}
+    return logits[:, -1], new_state
 
-  return tokens_to_logits
+  return tokens_to_logits, state
 
 
 def uncached_tokens_to_logits(model: fphtr.FPHTR, variables, memory) -> TokensToLogits:
@@ -316,16 +346,28 @@ def decode_images(model: fphtr.FPHTR, variables, images, *, max_len: int, beam_s
   Returns:
     DecodeOutput: tokens int32 [B, L], token_log_probs float32 [B, L].
   """
+  check_decode_args(model, max_len, beam_size)
+  memory = model.apply(variables, images, train=False, method=fphtr.FPHTR.encode)
+  return decode_memory(model, variables, memory, max_len=max_len, beam_size=beam_size,
+                       length_penalty=length_penalty, use_cache=use_cache, ignore_eos=ignore_eos)
+
+
+def check_decode_args(model: fphtr.FPHTR, max_len: int, beam_size: int):
   check_max_len(max_len, model)
   if beam_size < 1:
     raise ValueError(f"decode.beam_size={beam_size} is invalid: expected 1 or more.")
-  batch_size = images.shape[0]
-  memory = model.apply(variables, images, train=False, method=fphtr.FPHTR.encode)
+
+
+def decode_memory(model: fphtr.FPHTR, variables, memory, *, max_len: int, beam_size: int = 1,
+                  length_penalty: float = 0.0, use_cache: bool = True,
+                  ignore_eos: bool = False) -> DecodeOutput:
+  """decode_images from the encoder's output, memory [B, S, d_model] (`FPHTR.encode`)."""
+  check_decode_args(model, max_len, beam_size)
+  batch_size = memory.shape[0]
   if beam_size > 1:
     memory = jnp.repeat(memory, beam_size, axis=0)
   if use_cache:
-    tokens_to_logits = cached_tokens_to_logits(model, variables, memory)
-    state = fphtr.init_cache(model, batch_size, memory.shape[1])
+    tokens_to_logits, state = cached_tokens_to_logits(model, variables, memory, batch_size)
   else:
     tokens_to_logits = uncached_tokens_to_logits(model, variables, memory)
     # Positions 0 .. L - 2 are fed; the last token is never fed back.
@@ -352,11 +394,40 @@ def greedy_decode(model: fphtr.FPHTR, variables, images, max_len: int):
   return decode_images(model, variables, images, max_len=max_len).tokens
 
 
-def decode_fn(model: fphtr.FPHTR, decode_config, max_len: int):
+def decode_max_len(config) -> int:
+  """config.decode.max_len, where 0 means data.max_len."""
+  return int(config.decode.max_len) or int(config.data.max_len)
+
+
+def decode_fn(model: fphtr.FPHTR, config):
   """decode_images with the settings of config.decode, as f(variables, images)."""
   return functools.partial(
-      decode_images, model, max_len=max_len, beam_size=int(decode_config.beam_size),
-      length_penalty=float(decode_config.length_penalty))
+      decode_images, model, max_len=decode_max_len(config),
+      beam_size=int(config.decode.beam_size), length_penalty=float(config.decode.length_penalty))
+
+
+def cross_attention(model: fphtr.FPHTR, variables, images, tokens):
+  """The decoder's cross-attention while it wrote `tokens`, averaged over heads and layers.
+
+  One teacher-forced pass over the decoded sequence: the causal mask makes it
+  see exactly what step-by-step decoding saw, so the weights are the same.
+
+  Args:
+    model: the FPHTR module.
+    variables: {"params": ..., "batch_stats": ...}.
+    images: float32 [B, H, W, 1], normalised.
+    tokens: int32 [B, L] decoded sequences, starting with <SOS>.
+
+  Returns:
+    float32 [B, L - 1, S]: row t is the attention over the encoder grid
+    (S = ceil(H/32) * ceil(W/32), row-major) while predicting tokens[:, t + 1].
+  """
+  memory = model.apply(variables, images, train=False, method=fphtr.FPHTR.encode)
+  _, mutated = model.apply(variables, memory, tokens[:, :-1], train=False,
+                           method=fphtr.FPHTR.decode, mutable=["intermediates"])
+  maps = [leaf for path, leaf in jax.tree_util.tree_flatten_with_path(mutated)[0]
+          if "cross_attention" in jax.tree_util.keystr(path)]
+  return jnp.mean(jnp.stack(maps), axis=0)
 
 
 # --- Text and confidences ------------------------------------------------------------

@@ -24,6 +24,7 @@ import math
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -136,3 +137,26 @@ def put_batch(batch: dict, mesh: Mesh) -> dict:
   sharding = batch_sharding(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
 
+
+def to_host(x: jax.Array) -> np.ndarray:
+  """The whole value of a global array, as numpy, on every process.
+
+  In a multi-host run a batch-sharded output spans the devices of all
+  processes, so no process can read it directly; this gathers it (a
+  collective: every process must call it, in the same order).
+  """
+  if x.is_fully_addressable:
+    return np.asarray(x)
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def any_process(flag: bool) -> bool:
+  """True on every process when `flag` is True on any (a collective, as `to_host`).
+
+  Lets all processes agree on a decision one of them took alone, e.g. to stop
+  after a signal that reached only some hosts, so that they all save the same
+  step together.
+  """
+  if jax.process_count() == 1:
+    return bool(flag)
+  return bool(np.any(multihost_utils.process_allgather(np.asarray(flag, np.bool_))))

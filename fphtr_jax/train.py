@@ -37,14 +37,28 @@ ENCODER_STRIDE = 32
 
 class TrainState(train_state.TrainState):
   batch_stats: Any
+  # Steps whose update was dropped because the loss, a gradient or a new
+  # parameter was not finite: in all, and in a row up to this step.
+  skipped_steps: jax.Array
+  skipped_in_a_row: jax.Array
+
+
+@flax.struct.dataclass
+class LearningRate(metrics.LastValue):
+  """The last step's learning rate, whether or not the step was skipped."""
+
+  @classmethod
+  def from_model_output(cls, learning_rate, **_):
+    return cls(total=learning_rate, count=jnp.array(1, jnp.int32))
 
 
 @flax.struct.dataclass
 class TrainMetrics(metrics.Collection):
+  """Averages over the steps since the last log, skipped steps masked out."""
   loss: metrics.Average.from_output("loss")
   accuracy: metrics.Average.from_output("accuracy")
   grad_norm: metrics.Average.from_output("grad_norm")
-  learning_rate: metrics.LastValue.from_output("learning_rate")
+  learning_rate: LearningRate
 
 
 @flax.struct.dataclass
@@ -74,6 +88,8 @@ def validate_config(config: ml_collections.ConfigDict):
   _require(t.warmup_steps >= 0, "train.warmup_steps", t.warmup_steps, "0 or more")
   _require(t.grad_clip_norm >= 0, "train.grad_clip_norm", t.grad_clip_norm, "0 (off) or more")
   _require(0 <= t.label_smoothing < 1, "train.label_smoothing", t.label_smoothing, "in [0, 1)")
+  _require(t.max_skipped_steps >= 0, "train.max_skipped_steps", t.max_skipped_steps,
+           "0 or more")
   _require(t.log_every_steps > 0, "train.log_every_steps", t.log_every_steps, "a positive integer")
   _require(e.every_steps > 0, "eval.every_steps", e.every_steps, "a positive integer")
   _require(e.batch_size > 0, "eval.batch_size", e.batch_size, "a positive integer")
@@ -84,6 +100,19 @@ def validate_config(config: ml_collections.ConfigDict):
     _require(d[field] >= ENCODER_STRIDE, f"data.{field}", d[field],
              f"at least {ENCODER_STRIDE} pixels (the encoder's stride)")
   _require(d.max_len >= 3, "data.max_len", d.max_len, "at least 3 (<SOS>, a character, <EOS>)")
+  _require(d.source in ("embedded", "iam"), "data.source", d.source, "'embedded' or 'iam'")
+  _require(0 <= d.synthetic_proba <= 1, "data.synthetic_proba", d.synthetic_proba, "in [0, 1]")
+  if d.source == "iam":
+    _require(bool(d.get("iam_dir")), "data.iam_dir", d.get("iam_dir"),
+             "the folder of your IAM download, e.g. --config.data.iam_dir=~/data/iam "
+             "(configs/iam_*.py define the IAM fields)")
+    _require(d.level in ("word", "line", "form"), "data.level", d.level,
+             "'word', 'line' or 'form'")
+    _require(0 < d.get("iam_scale", 0.5) <= 1, "data.iam_scale", d.get("iam_scale"), "in (0, 1]")
+    _require(d.get("iam_split", "aachen") in ("aachen", "random"), "data.iam_split",
+             d.get("iam_split"), "'aachen' or 'random'")
+    _require(d.get("iam_bad_image", "skip") in ("skip", "error"), "data.iam_bad_image",
+             d.get("iam_bad_image"), "'skip' or 'error'")
   dec = config.decode
   _require(dec.beam_size >= 1, "decode.beam_size", dec.beam_size, "1 (greedy) or more")
   _require(dec.length_penalty >= 0, "decode.length_penalty", dec.length_penalty, "0 or more")
@@ -133,7 +162,9 @@ def create_train_state(config, model, mesh, rng) -> tuple[TrainState, Any]:
   def init(rng):
     variables = model.init({"params": rng, "dropout": rng}, images, tokens, train=False)
     return TrainState.create(apply_fn=model.apply, params=variables["params"],
-                             batch_stats=variables.get("batch_stats", {}), tx=optimizer)
+                             batch_stats=variables.get("batch_stats", {}), tx=optimizer,
+                             skipped_steps=jnp.zeros((), jnp.int32),
+                             skipped_in_a_row=jnp.zeros((), jnp.int32))
 
   rules = sharding.logical_rules(config.mesh)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
@@ -191,9 +222,18 @@ def _micro_batches(batch, num_micro: int):
   return jax.tree.map(split, batch)
 
 
+def _all_finite(tree) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(tree)]))
+
+
 def train_step(state: TrainState, batch, rng, *, label_smoothing: float, schedule,
                grad_accum_steps: int = 1):
   """One optimizer step on a global batch; returns (new state, TrainMetrics).
+
+  A step whose loss, gradients or new parameters are not all finite is
+  skipped: parameters, optimizer and BatchNorm state stay as they were, the
+  step counter still advances (the data position is a function of it), and
+  `skipped_steps` / `skipped_in_a_row` count it. Its metrics are masked out.
 
   With grad_accum_steps = n > 1 the batch is split into n micro-batches of
   B / n examples that run one after another (lax.scan, so activations of only
@@ -234,10 +274,19 @@ def train_step(state: TrainState, batch, rng, *, label_smoothing: float, schedul
         accumulate, (zeros, state.batch_stats, jnp.float32(0), jnp.float32(0)),
         (_micro_batches(batch, grad_accum_steps), jnp.arange(grad_accum_steps)))
 
-  new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  updated = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  finite = _all_finite((loss, grads, updated.params, updated.batch_stats))
+  keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+  new_state = updated.replace(
+      params=keep(updated.params, state.params),
+      opt_state=keep(updated.opt_state, state.opt_state),
+      batch_stats=keep(updated.batch_stats, state.batch_stats),
+      skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32),
+      skipped_in_a_row=jnp.where(finite, 0, state.skipped_in_a_row + 1))
+  # Metrics take [1]-shaped outputs so that the mask leaves skipped steps out.
   step_metrics = TrainMetrics.single_from_model_output(
-      loss=loss, accuracy=accuracy, grad_norm=optax.tree.norm(grads),
-      learning_rate=schedule(state.step))
+      loss=loss[None], accuracy=accuracy[None], grad_norm=optax.tree.norm(grads)[None],
+      learning_rate=schedule(state.step), mask=finite[None])
   return new_state, step_metrics
 
 
@@ -266,15 +315,17 @@ def evaluate(p_eval_step, p_predict_step, state, eval_ds, tokenizer, mesh, num_i
     global_batch = sharding.put_batch(batch, mesh)
     update = p_eval_step(state, global_batch)
     eval_metrics = update if eval_metrics is None else eval_metrics.merge(update)
-    predicted = np.asarray(jax.device_get(p_predict_step(state, global_batch["image"])))
-    keep = batch["mask"] > 0
-    refs = tokenizer.decode_batch(batch["tokens"][keep])
+    # The whole global batch on every process, so all score the same examples.
+    predicted = sharding.to_host(p_predict_step(state, global_batch["image"]))
+    keep = sharding.to_host(global_batch["mask"]) > 0
+    refs = tokenizer.decode_batch(sharding.to_host(global_batch["tokens"])[keep])
     hyps = tokenizer.decode_batch(predicted[keep])
     references += refs
     hypotheses += hyps
-    for image, ref, hyp in zip(batch["image"][keep], refs, hyps):
-      if len(pages) < num_images:
-        pages.append(visualize.page_with_text(image, ref, hyp))
+    if len(pages) < num_images:
+      for image, ref, hyp in zip(sharding.to_host(global_batch["image"])[keep], refs, hyps):
+        if len(pages) < num_images:
+          pages.append(visualize.page_with_text(image, ref, hyp))
   summary = {f"eval/{k}": float(v) for k, v in eval_metrics.compute().items()}
   summary["eval/cer"] = text_metrics.character_error_rate(references, hypotheses)
   summary["eval/wer"] = text_metrics.word_error_rate(references, hypotheses)
@@ -290,9 +341,8 @@ class StopRequest:
   instead of dying mid-step and losing everything since the last save.
   """
 
-  SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-  def __init__(self):
+  def __init__(self, signals=(signal.SIGTERM, signal.SIGINT)):
+    self.signals = signals
     self.signal_name = None
     self._previous = {}
 
@@ -305,7 +355,7 @@ class StopRequest:
                     "(send it again to stop at once).", self.signal_name)
 
   def __enter__(self):
-    for sig in self.SIGNALS:
+    for sig in self.signals:
       self._previous[sig] = signal.signal(sig, self._handle)
     return self
 
@@ -318,18 +368,53 @@ class StopRequest:
     return self.signal_name is not None
 
 
+def _check_skipped_steps(state, step: int, max_skipped: int, checkpointer):
+  """Aborts when more than `max_skipped` steps in a row had non-finite values."""
+  in_a_row = int(state.skipped_in_a_row)
+  if in_a_row > max_skipped:
+    checkpointer.wait()
+    last = checkpointer.latest_step()
+    where = (f"The last checkpoint, step {last} in {checkpointer.latest.directory}, holds the "
+             "parameters from before these steps." if last is not None else "No checkpoint "
+             "was saved yet.")
+    raise FloatingPointError(
+        f"Stopped at step {step}: the last {in_a_row} steps had a non-finite loss, gradient "
+        f"or parameter and were skipped (train.max_skipped_steps={max_skipped}). {where} "
+        "Lower train.learning_rate, set train.grad_clip_norm, or check the data.")
+
+
 def _write_config(config, workdir: str):
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(config.to_json_best_effort(indent=2))
 
 
+# Fields that fix the shapes of the train state: a checkpoint trained with other
+# values cannot be resumed.
+STATE_SHAPE_FIELDS = ("model.encoder", "model.encoder_width", "model.d_model",
+                      "model.num_layers", "model.num_heads", "model.mlp_dim", "model.pre_norm",
+                      "data.max_len", "train.optimizer", "train.grad_clip_norm")
+
+
 def _load_tokenizer(config, workdir: str, checkpointer) -> tokenizer_lib.Tokenizer:
+  """The config's vocabulary, checked against the checkpoints already in `workdir`."""
   tokenizer = tokenizer_lib.Tokenizer(config.data.charset)
   saved = checkpointer.restore_vocab()
   if saved is not None and saved != tokenizer:
     raise ValueError(
         f"The checkpoints in {workdir} were trained with data.charset={saved.charset!r}, "
         f"but the config has {tokenizer.charset!r}. Use another --workdir or the same charset.")
+  saved_config = checkpointer.restore_config()
+  if saved_config is not None:
+    differ = []
+    for field in STATE_SHAPE_FIELDS:
+      section, name = field.split(".")
+      old, new = saved_config.get(section, {}).get(name), config[section].get(name)
+      if old != new:
+        differ.append(f"{field}={new!r} (checkpoint: {old!r})")
+    if differ:
+      raise ValueError(
+          f"The checkpoints in {workdir} were trained with another model: "
+          f"{', '.join(differ)}. Use another --workdir, or the checkpoint's values.")
   return tokenizer
 
 
@@ -340,15 +425,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   validate_config(config)
   os.makedirs(workdir, exist_ok=True)
   is_main = jax.process_index() == 0
-  if is_main:
-    _write_config(config, workdir)
 
   mesh = sharding.create_mesh(config.mesh)
   sharding.check_batch_size(config.train.batch_size, mesh, "train.batch_size")
   sharding.check_batch_size(config.eval.batch_size, mesh, "eval.batch_size")
+  accum = config.train.grad_accum_steps
+  _require(accum >= 1 and config.train.batch_size % accum == 0, "train.grad_accum_steps", accum,
+           f"a divisor of train.batch_size={config.train.batch_size}")
+  sharding.check_batch_size(config.train.batch_size // accum, mesh,
+                            "train.batch_size / train.grad_accum_steps")
   checkpointer = checkpointing.Checkpointer(workdir, config.checkpoint)
   tokenizer = _load_tokenizer(config, workdir, checkpointer)
-  if is_main:
+  if is_main:  # Only once the config is known to fit the workdir's checkpoints.
+    _write_config(config, workdir)
     tokenizer.save(workdir)
 
   rng = jax.random.key(config.train.seed, impl=config.train.rng_impl)
@@ -374,7 +463,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   rules = sharding.logical_rules(config.mesh)
   p_train_step = jax.jit(
       functools.partial(train_step, label_smoothing=config.train.label_smoothing,
-                        schedule=schedule),
+                        schedule=schedule, grad_accum_steps=accum),
       in_shardings=(state_shardings, batch_sharding, None),
       out_shardings=(state_shardings, None), donate_argnums=0)
   p_eval_step = jax.jit(eval_step, in_shardings=(state_shardings, batch_sharding))
@@ -394,7 +483,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   logging.info("Training from step %d to %d.", start_step, num_steps)
   # Signal handlers can only be installed from the main thread.
   in_main_thread = threading.current_thread() is threading.main_thread()
-  stop = StopRequest()
+  # With several processes, SIGTERM is left to JAX's preemption notifier, so
+  # that all processes agree on the step to save at (reached_preemption below).
+  multi_process = jax.process_count() > 1
+  stop = StopRequest((signal.SIGINT,) if multi_process else (signal.SIGTERM, signal.SIGINT))
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules), (
       stop if in_main_thread else contextlib.nullcontext()):
     for step in range(start_step + 1, num_steps + 1):
@@ -414,6 +506,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
         steps_per_s = (step - last_log_step) / (now - last_log_time)
         summary["train/examples_per_s"] = steps_per_s * config.train.batch_size
         summary["train/steps_per_s"] = steps_per_s
+        summary["train/skipped_steps"] = int(state.skipped_steps)
+        _check_skipped_steps(state, step, config.train.max_skipped_steps, checkpointer)
         # Share of the time the loop waited for the input pipeline: near 0
         # when tf.data keeps ahead of the step.
         summary["train/input_wait_fraction"] = input_wait / (now - last_log_time)
@@ -437,14 +531,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
         last_log_time = time.time()
 
       # Read once: a signal may land anywhere in this block.
-      stopping = stop.requested
+      stopping = stop.requested or (multi_process and checkpointer.reached_preemption(step))
       if step % config.checkpoint.every_steps == 0 or step == num_steps or stopping:
         with report_progress.timed("checkpoint"):
           checkpointer.save(step, state, tokenizer, config, force=stopping)
       writer.flush()
       if stopping:
         logging.warning("Stopped by %s at step %d; checkpoint saved in %s. Run the same "
-                        "command again to resume.", stop.signal_name, step, workdir)
+                        "command again to resume.", stop.signal_name or "SIGTERM", step, workdir)
         break
 
   progress_bar.close()

@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from input_pipeline import augment as augment_lib
 from input_pipeline import handwriting
+from input_pipeline import iam
 from input_pipeline import synthetic
 
 # Grey levels in [0, 1] (paper = 1) are normalised with IAM's statistics.
@@ -22,7 +23,10 @@ PAD_ID, SOS_ID, EOS_ID = 0, 1, 2
 NUM_SPECIAL = 3  # character id = NUM_SPECIAL + position in data.charset
 SOURCES = ("embedded", "iam")
 # Second word of the stateless seeds: training and evaluation examples never coincide.
-_TRAIN_STREAM, _EVAL_STREAM = 0, 1
+_TRAIN_STREAM, _EVAL_STREAM, _TEST_STREAM = 0, 1, 2
+# Evaluation splits of the synthetic source: both draw from the eval word bank
+# (held-out fonts and text), from separate seed streams, so they share no example.
+EVAL_STREAMS = {"validation": _EVAL_STREAM, "test": _TEST_STREAM}
 
 
 def hide_gpus_from_tensorflow():
@@ -95,17 +99,28 @@ def make_synthetic_example(composer, data_config, seed: tuple[int, int], *, augm
     compose_seed, warp_seed, photometric_seed = tf.unstack(
         tf.random.experimental.stateless_split(example_seed, num=3))
     composed = composer.compose(compose_seed)
-    if augment:
-      ink = augment_lib.warp(composed["ink"], composed["content_box"], warp_seed,
-                             max_rotation=max_rotation, perspective=level == "form",
-                             random_placement=level == "form")
-      grey = augment_lib.photometric(1.0 - ink / 255.0, photometric_seed)
-    else:
-      grey = synthetic.ink_to_grey(composed["ink"])
-    return {"image": normalize(grey), "tokens": tokenize(composed["text"]),
-            "text": composed["text"]}
+    image = ink_to_image(composed["ink"], composed["content_box"], warp_seed, photometric_seed,
+                         level=level, augment=augment, max_rotation=max_rotation)
+    return {"image": image, "tokens": tokenize(composed["text"]), "text": composed["text"]}
 
   return example
+
+
+def ink_to_image(ink, content_box, warp_seed, photometric_seed, *, level: str, augment: bool,
+                 max_rotation: float):
+  """Ink [H, W] (uint8 or float32, 0 = paper, 255 = full ink) -> normalised float32 [H, W, 1].
+
+  With `augment`, the reference augmentations: a warp around `content_box`
+  (int32 [4], top, left, bottom, right) that keeps the text on the canvas,
+  then brightness/contrast and noise.
+  """
+  if augment:
+    ink = augment_lib.warp(ink, content_box, warp_seed, max_rotation=max_rotation,
+                           perspective=level == "form", random_placement=level == "form")
+    grey = augment_lib.photometric(1.0 - ink / 255.0, photometric_seed)
+  else:
+    grey = synthetic.ink_to_grey(ink)
+  return normalize(grey)
 
 
 def _per_process_batch_size(global_batch_size: int, process_count: int, field: str) -> int:
@@ -140,15 +155,9 @@ def _num_parallel_calls(data_config) -> int:
   return calls if calls > 0 else tf.data.AUTOTUNE
 
 
-def _real_dataset(config, split: str):
-  """The configured real dataset, or None when every example is synthetic."""
-  source = config.data.source
-  if source == "embedded":
-    return None
-  if source not in SOURCES:
-    raise ValueError(f"data.source={source!r} is not one of {SOURCES}.")
-  raise ValueError(f"data.source={source!r}: this version reads no real dataset yet; "
-                   "use data.source='embedded'.")
+def check_source(data_config):
+  if data_config.source not in SOURCES:
+    raise ValueError(f"data.source={data_config.source!r} is not one of {SOURCES}.")
 
 
 def mix_with_synthetic(real: tf.data.Dataset, synthetic_ds: tf.data.Dataset,
@@ -160,15 +169,17 @@ def mix_with_synthetic(real: tf.data.Dataset, synthetic_ds: tf.data.Dataset,
       [synthetic_ds, real], weights=[synthetic_proba, 1.0 - synthetic_proba], seed=seed)
 
 
+def load_bank(config, split: str, cache_dir=None):
+  """The word bank of `split` ("train" or "eval"), its words checked against data.charset."""
+  cache_dir = cache_dir or config.data.get("cache_dir")
+  bank = handwriting.load_word_bank(config.data, split=split, cache_dir=cache_dir)
+  check_texts(np.unique(bank.texts), config.data, source=f"{split} word bank")
+  return bank
+
+
 def load_banks(config, cache_dir=None):
   """(train bank, eval bank), their words checked against data.charset."""
-  cache_dir = cache_dir or config.data.get("cache_dir")
-  banks = []
-  for split in ("train", "eval"):
-    bank = handwriting.load_word_bank(config.data, split=split, cache_dir=cache_dir)
-    check_texts(np.unique(bank.texts), config.data, source=f"{split} word bank")
-    banks.append(bank)
-  return tuple(banks)
+  return tuple(load_bank(config, split, cache_dir) for split in ("train", "eval"))
 
 
 def create_datasets(config, *, process_index: int = 0, process_count: int = 1,
@@ -188,7 +199,14 @@ def create_datasets(config, *, process_index: int = 0, process_count: int = 1,
                                         "train.batch_size")
   eval_batch = _per_process_batch_size(int(config.eval.batch_size), process_count,
                                        "eval.batch_size")
-  real_train = _real_dataset(config, "train")
+  check_source(config.data)
+  if config.data.source == "iam":
+    train_ds = create_iam_train_dataset(config, process_index=process_index,
+                                        process_count=process_count, start_step=start_step,
+                                        cache_dir=cache_dir)
+    eval_ds = create_iam_eval_dataset(config, "validation", process_index=process_index,
+                                      process_count=process_count)
+    return train_ds, eval_ds
   train_bank, eval_bank = load_banks(config, cache_dir)
   options = _options(config.data)
   calls = _num_parallel_calls(config.data)
@@ -207,18 +225,42 @@ def create_datasets(config, *, process_index: int = 0, process_count: int = 1,
 
   train_ds = tf.data.Dataset.counter(start_step * train_batch, dtype=tf.int64)
   train_ds = train_ds.map(train_features, num_parallel_calls=calls, deterministic=True)
-  if real_train is not None:
-    train_ds = mix_with_synthetic(real_train, train_ds, float(config.data.synthetic_proba), seed)
   train_ds = train_ds.batch(train_batch, drop_remainder=True)
   train_ds = train_ds.prefetch(int(config.data.prefetch)).with_options(options)
 
-  # --- Evaluation: a fixed set, padded to whole global batches. --------------
+  eval_ds = create_eval_dataset(config, process_index=process_index,
+                                process_count=process_count, bank=eval_bank)
+  logging.info("Datasets: %d train / %d eval examples per batch on process %d of %d; "
+               "%d eval batches.", train_batch, eval_batch, process_index, process_count,
+               len(eval_ds))
+  return train_ds, eval_ds
+
+
+def create_eval_dataset(config, split: str = "validation", *, process_index: int = 0,
+                        process_count: int = 1, cache_dir=None, bank=None):
+  """The fixed evaluation set of `split`, as per-process batches (see `create_datasets`).
+
+  eval.num_examples examples, the same on every pass; the last batch is padded
+  with blank pages of mask 0, so every example counts once. "validation" is
+  the set evaluated during training; "test" draws other examples from the same
+  held-out word bank. `bank` = the eval word bank, if already loaded.
+  """
+  if split not in EVAL_STREAMS:
+    raise ValueError(f"split={split!r} is not one of {tuple(EVAL_STREAMS)}.")
+  check_source(config.data)
+  if config.data.source == "iam":
+    return create_iam_eval_dataset(config, split, process_index=process_index,
+                                   process_count=process_count)
+  eval_batch = _per_process_batch_size(int(config.eval.batch_size), process_count,
+                                       "eval.batch_size")
+  bank = load_bank(config, "eval", cache_dir) if bank is None else bank
+  seed = int(config.train.seed)
   num_examples = int(config.eval.num_examples)
   global_eval_batch = int(config.eval.batch_size)
   num_batches = -(-num_examples // global_eval_batch)
   eval_example = make_synthetic_example(
-      synthetic.SyntheticComposer(eval_bank, config.data), config.data,
-      (seed, _EVAL_STREAM), augment=False)
+      synthetic.SyntheticComposer(bank, config.data), config.data,
+      (seed, EVAL_STREAMS[split]), augment=False)
   blank = tf.fill([config.data.image_height, config.data.image_width, 1], background_value())
   empty_tokens = make_tokenize(config.data.charset, int(config.data.max_len))(tf.constant(""))
 
@@ -231,10 +273,194 @@ def create_datasets(config, *, process_index: int = 0, process_count: int = 1,
             "mask": tf.cast(real, tf.float32)}
 
   eval_ds = tf.data.Dataset.range(num_batches * eval_batch)
-  eval_ds = eval_ds.map(eval_features, num_parallel_calls=calls, deterministic=True)
+  eval_ds = eval_ds.map(eval_features, num_parallel_calls=_num_parallel_calls(config.data),
+                        deterministic=True)
   eval_ds = eval_ds.batch(eval_batch, drop_remainder=True)
-  eval_ds = eval_ds.prefetch(int(config.data.prefetch)).with_options(options)
-  logging.info("Datasets: %d train / %d eval examples per batch on process %d of %d; "
-               "%d eval batches.", train_batch, eval_batch, process_index, process_count,
-               num_batches)
-  return train_ds, eval_ds
+  return eval_ds.prefetch(int(config.data.prefetch)).with_options(_options(config.data))
+
+
+# --- IAM -------------------------------------------------------------------------
+# Real examples come from the TFDS builder (input_pipeline/iam_tfds.py), prepared
+# once from data.iam_dir into data.iam_tfds_dir; texts are checked against
+# data.charset from the IAM files before any example is read.
+
+# Third stream of the stateless seeds: which training examples are synthetic.
+_MIX_STREAM = 3
+
+
+def synthetic_choice(seed: int, index, synthetic_proba: float):
+  """bool scalar: whether example `index` (int64) is synthetic; a pure function of both."""
+  u = tf.random.stateless_uniform(
+      [], tf.random.experimental.stateless_fold_in(tf.constant([seed, _MIX_STREAM], tf.int64),
+                                                   index), alg="philox")
+  return u < synthetic_proba
+
+
+def make_real_example(data_config, seed: tuple[int, int], *, augment: bool):
+  """Returns (index, png, text) -> {"image": [H, W, 1] f32, "tokens": [T] i32, "text"}.
+
+  The grey image (png: tf.string, 1 channel, paper white) goes onto the
+  canvas at the top left, shrunk to fit if it is larger than the canvas.
+  """
+  tokenize = make_tokenize(data_config.charset, int(data_config.max_len))
+  height, width = int(data_config.image_height), int(data_config.image_width)
+  level, max_rotation = data_config.level, float(data_config.max_rotation)
+
+  def example(index, png, text):
+    example_seed = tf.random.experimental.stateless_fold_in(tf.constant(seed, tf.int64), index)
+    _, warp_seed, photometric_seed = tf.unstack(
+        tf.random.experimental.stateless_split(example_seed, num=3))
+    ink = 255.0 - tf.cast(tf.io.decode_png(png, channels=1), tf.float32)
+    size = tf.cast(tf.shape(ink)[:2], tf.float32)
+    fit = tf.minimum(1.0, tf.reduce_min(tf.constant([height, width], tf.float32) / size))
+    new_size = tf.clip_by_value(tf.cast(tf.round(size * fit), tf.int32), 1, [height, width])
+    ink = tf.cond(fit < 1.0,
+                  lambda: tf.image.resize(ink, new_size, antialias=True),
+                  lambda: ink)[:, :, 0]
+    ink = tf.pad(ink, [[0, height - new_size[0]], [0, width - new_size[1]]])
+    ink = tf.ensure_shape(tf.clip_by_value(ink, 0.0, 255.0), [height, width])
+    content_box = tf.stack([0, 0, new_size[0], new_size[1]])
+    image = ink_to_image(ink, content_box, warp_seed, photometric_seed, level=level,
+                         augment=augment, max_rotation=max_rotation)
+    return {"image": image, "tokens": tokenize(text), "text": text}
+
+  return example
+
+
+def prepare_iam(data_config):
+  """Prepares (once) and returns the TFDS builder of data.level from data.iam_dir."""
+  import tensorflow_datasets as tfds  # Only the IAM source needs TFDS.
+  from input_pipeline import iam_tfds
+
+  options = iam.options_from_config(data_config)
+  config = iam_tfds.builder_config(data_config.level, options)
+  builder = iam_tfds.IamHandwriting(
+      config=config.name if config.name == data_config.level else config,
+      data_dir=data_config.get("iam_tfds_dir") or None)
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=options.iam_dir))
+  return builder
+
+
+def iam_records(config, split: str, builder=None) -> tuple[tf.data.Dataset, int]:
+  """(dataset of (png, text), its size): the records of `split` that data.charset can write.
+
+  Raises ValueError naming the record with a character outside data.charset
+  (unless data.skip_unknown_chars) or a text longer than data.max_len allows.
+  """
+  import tensorflow_datasets as tfds
+
+  data = config.data
+  options = iam.options_from_config(data)
+  builder = builder or prepare_iam(data)
+  records = iam.records(options, data.level, split)
+  check_texts([], data, source="IAM")  # the separators of data.level
+  kept = iam.check_record_texts(records, data.charset, int(data.max_len) - 2,
+                                skip_unknown=bool(data.get("skip_unknown_chars")))
+  if not kept:
+    raise ValueError(f"The IAM {split} split has no {data.level} that data.charset can write "
+                     f"(data.iam_dir={options.iam_dir}).")
+  wanted = tf.lookup.StaticHashTable(
+      tf.lookup.KeyValueTensorInitializer(tf.constant([r.id for r in kept]),
+                                          tf.ones([len(kept)], tf.int32)), default_value=0)
+  ds = builder.as_dataset(split=split, shuffle_files=False,
+                          decoders={"image": tfds.decode.SkipDecoding()},
+                          read_config=tfds.ReadConfig(interleave_cycle_length=1))
+  ds = ds.filter(lambda x: wanted.lookup(x["id"]) > 0)
+  ds = ds.map(lambda x: (x["image"], x["text"]))
+  count = int(ds.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
+  if count == 0:
+    raise ValueError(f"The prepared IAM {split} split holds no readable {data.level} image.")
+  return ds, count
+
+
+def create_iam_train_dataset(config, *, process_index: int, process_count: int,
+                             start_step: int, cache_dir=None) -> tf.data.Dataset:
+  """IAM's training split, mixed with synthetic examples from its words.
+
+  Global example g is synthetic with probability data.synthetic_proba
+  (`synthetic_choice`), composed from the IAM training words; otherwise it is
+  the g-th record of a stream that reshuffles the split every epoch with a
+  seed of its own, so a run resumed at any step sees the same examples.
+  """
+  data = config.data
+  batch = _per_process_batch_size(int(config.train.batch_size), process_count,
+                                  "train.batch_size")
+  global_batch = int(config.train.batch_size)
+  seed = int(config.train.seed)
+  proba = float(data.synthetic_proba)
+  if not 0.0 <= proba <= 1.0:
+    raise ValueError(f"data.synthetic_proba={proba} must be in [0, 1].")
+  augment = bool(data.augment)
+  records, count = iam_records(config, "train")
+  real_example = make_real_example(data, (seed, _TRAIN_STREAM), augment=augment)
+  if proba > 0.0:
+    bank = iam.load_word_bank(iam.options_from_config(data), int(data.word_height),
+                              cache_dir=cache_dir or data.get("cache_dir"),
+                              charset=data.charset,
+                              skip_unknown=bool(data.get("skip_unknown_chars")))
+    check_texts(np.unique(bank.texts), data, source="IAM training word bank")
+    synthetic_example = make_synthetic_example(
+        synthetic.SyntheticComposer(bank, data), data, (seed, _TRAIN_STREAM), augment=augment)
+
+  def features(index, record):
+    png, text = record
+    if proba <= 0.0:
+      chosen = real_example(index, png, text)
+    else:
+      chosen = tf.cond(
+          synthetic_choice(seed, index, proba),
+          lambda: {k: v for k, v in synthetic_example(index).items() if k != "text"},
+          lambda: {k: v for k, v in real_example(index, png, text).items() if k != "text"})
+    return {"image": chosen["image"], "tokens": chosen["tokens"],
+            "mask": tf.constant(1.0, tf.float32)}
+
+  first = start_step * global_batch
+  stream = tf.data.Dataset.range(first // count, tf.int64.max).flat_map(
+      lambda epoch: records.shuffle(count, seed=seed * 1_000_003 + epoch))
+  stream = stream.skip(first % count)
+  ds = tf.data.Dataset.zip(tf.data.Dataset.counter(first, dtype=tf.int64), stream)
+  # Every process reads the whole stream and keeps its slice of each global batch.
+  ds = ds.batch(global_batch, drop_remainder=True)
+  ds = ds.map(lambda i, r: tf.nest.map_structure(
+      lambda x: x[process_index * batch:(process_index + 1) * batch], (i, r)))
+  ds = ds.unbatch()
+  ds = ds.map(features, num_parallel_calls=_num_parallel_calls(data), deterministic=True)
+  ds = ds.batch(batch, drop_remainder=True)
+  logging.info("IAM %ss: %d training records, synthetic_proba %.2f.", data.level, count, proba)
+  return ds.prefetch(int(data.prefetch)).with_options(_options(data))
+
+
+def create_iam_eval_dataset(config, split: str, *, process_index: int,
+                            process_count: int) -> tf.data.Dataset:
+  """The first eval.num_examples records of IAM's `split` (all if fewer), padded with mask 0."""
+  data = config.data
+  batch = _per_process_batch_size(int(config.eval.batch_size), process_count,
+                                  "eval.batch_size")
+  global_batch = int(config.eval.batch_size)
+  records, count = iam_records(config, split)
+  num_examples = min(int(config.eval.num_examples), count)
+  total = -(-num_examples // global_batch) * global_batch
+  example = make_real_example(data, (int(config.train.seed), EVAL_STREAMS[split]),
+                              augment=False)
+  blank = tf.fill([data.image_height, data.image_width, 1], background_value())
+  empty_tokens = make_tokenize(data.charset, int(data.max_len))(tf.constant(""))
+  padding = tf.data.Dataset.from_tensors((tf.constant(b""), tf.constant(b""))).repeat(
+      total - num_examples)
+  ds = tf.data.Dataset.zip(tf.data.Dataset.range(total), records.take(num_examples)
+                           .concatenate(padding))
+  # Global example g is in slot g % global_batch of its batch; slots are dealt
+  # to processes in runs of `batch`, as in `_global_index`.
+  ds = ds.filter(lambda g, _: (g % global_batch) // batch == process_index)
+
+  def features(index, record):
+    real = index < num_examples
+    chosen = tf.cond(real, lambda: example(index, *record),
+                     lambda: {"image": blank, "tokens": empty_tokens, "text": record[1]})
+    return {"image": chosen["image"], "tokens": chosen["tokens"],
+            "mask": tf.cast(real, tf.float32)}
+
+  ds = ds.map(features, num_parallel_calls=_num_parallel_calls(data), deterministic=True)
+  ds = ds.batch(batch, drop_remainder=True)
+  ds = ds.apply(tf.data.experimental.assert_cardinality(total // global_batch))
+  return ds.prefetch(int(data.prefetch)).with_options(_options(data))

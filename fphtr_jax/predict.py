@@ -1,0 +1,272 @@
+r"""Transcribes page images with a trained checkpoint.
+
+  python -m fphtr_jax.predict --workdir=W page.png scans/ [--format=text|json] \
+      [--checkpoint=latest|best|STEP] [--attention_dir=DIR] [--scale=1.0] \
+      [--config.decode.beam_size=4]
+
+Arguments are image files or folders (their PNG, JPEG and TIFF files, sorted).
+Any size and colour: an image is converted to grey, scaled by --scale, shrunk
+to fit the model's canvas (data.image_height x data.image_width) if still
+larger, and placed at its top-left corner on blank paper, where the training
+pages put their text. Training pages are rendered at a word height of
+data.word_height pixels: --scale brings other scans near that size (IAM scans
+at 300 dpi want 0.5 for the IAM configs).
+
+--format=text prints each image's path, its confidence and its text;
+--format=json prints one JSON object per image: path, text, confidence,
+min_confidence, log_prob and per-line confidences. Confidences are token
+probabilities under the model: the mean and the minimum over a page or line.
+--attention_dir writes <image name>.attention.png per image: the page with the
+decoder's cross-attention while it wrote each line, one colour per line.
+
+An image that cannot be read is reported (stderr, or an "error" field in
+JSON) and the others go on; the exit status is then 1.
+"""
+
+import colorsys
+import dataclasses
+import json
+import os
+import sys
+
+import jax
+import numpy as np
+from absl import app, flags, logging
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+from fphtr_jax import decoding, inference, sharding, visualize
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("format", "text", ["text", "json"], "Output format on stdout.")
+flags.DEFINE_string("attention_dir", None, "Folder for cross-attention pictures, one per image.")
+flags.DEFINE_float("scale", 1.0, "Scale applied to every image before it is fitted to the canvas.")
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+ENCODER_STRIDE = 32
+
+
+class UnreadableImage(ValueError):
+  """An input file that is not an image we can read; the message names the file."""
+
+
+@dataclasses.dataclass
+class Page:
+  """An image placed on the model's canvas.
+
+  Attributes:
+    path: the file it came from.
+    image: float32 [H, W, 1], normalised like the training pages.
+    height, width: the size of the image on the canvas (its top-left part).
+  """
+
+  path: str
+  image: np.ndarray
+  height: int
+  width: int
+
+
+def list_images(paths: list[str]) -> list[str]:
+  """Files as given, folders as their image files (by extension, sorted)."""
+  files = []
+  for path in paths:
+    if os.path.isdir(path):
+      names = sorted(n for n in os.listdir(path) if n.lower().endswith(IMAGE_EXTENSIONS))
+      files += [os.path.join(path, n) for n in names if os.path.isfile(os.path.join(path, n))]
+    else:
+      files.append(path)
+  return files
+
+
+def read_grey(path: str) -> np.ndarray:
+  """float32 [h, w] grey levels in [0, 1] (paper = 1) of any PNG/JPEG/TIFF.
+
+  Raises:
+    UnreadableImage: missing, empty, truncated or not an image.
+  """
+  try:
+    if os.path.getsize(path) == 0:
+      raise UnreadableImage(f"{path}: the file is empty (0 bytes).")
+    with Image.open(path) as image:
+      image.load()
+      image = ImageOps.exif_transpose(image)
+  except UnreadableImage:
+    raise
+  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+    raise UnreadableImage(f"{path}: not a readable image ({e}).") from e
+  if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # 16/32-bit grey (TIFF)
+    grey = np.asarray(image, np.float32)
+    top = 65535.0 if image.mode.startswith("I;16") or grey.max() > 255 else 255.0
+    grey = grey / (1.0 if image.mode == "F" and grey.max() <= 1.0 else top)
+  else:
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+      rgba = image.convert("RGBA")
+      image = Image.new("RGBA", rgba.size, "white")
+      image.alpha_composite(rgba)
+    grey = np.asarray(image.convert("L"), np.float32) / 255.0
+  if grey.size == 0:
+    raise UnreadableImage(f"{path}: the image has no pixels ({grey.shape}).")
+  return np.clip(grey, 0.0, 1.0)
+
+
+def place_on_canvas(grey: np.ndarray, height: int, width: int,
+                    scale: float = 1.0) -> tuple[np.ndarray, int, int]:
+  """Grey [h, w] in [0, 1] -> (normalised float32 [height, width, 1], placed h, placed w).
+
+  Scaled by `scale`, shrunk (aspect ratio kept) to fit if still larger than
+  the canvas, and pasted at the top-left of blank paper.
+  """
+  h, w = grey.shape
+  factor = min(scale, height / h, width / w)
+  new_h = min(height, max(1, round(h * factor)))
+  new_w = min(width, max(1, round(w * factor)))
+  if (new_h, new_w) != (h, w):
+    resized = Image.fromarray(grey).resize((new_w, new_h), Image.Resampling.BILINEAR,
+                                                     reducing_gap=2.0)
+    grey = np.asarray(resized, np.float32)
+  canvas = np.ones((height, width), np.float32)
+  canvas[:new_h, :new_w] = np.clip(grey, 0.0, 1.0)
+  normalised = (canvas - visualize.IMAGE_MEAN) / visualize.IMAGE_STD
+  return normalised[..., None], new_h, new_w
+
+
+def load_page(path: str, height: int, width: int, scale: float = 1.0) -> Page:
+  image, placed_h, placed_w = place_on_canvas(read_grey(path), height, width, scale)
+  return Page(path=path, image=image, height=placed_h, width=placed_w)
+
+
+# --- Attention pictures --------------------------------------------------------------
+
+
+def line_colour(index: int) -> tuple[int, int, int]:
+  r, g, b = colorsys.hsv_to_rgb((index * 0.618034) % 1.0, 0.9, 0.9)
+  return int(255 * r), int(255 * g), int(255 * b)
+
+
+def attention_picture(page: Page, transcription: decoding.Transcription,
+                      attention: np.ndarray) -> np.ndarray:
+  """The page with each line's cross-attention in its colour, the lines written below.
+
+  Args:
+    page: the placed image.
+    transcription: its decoded text and line spans.
+    attention: float32 [L - 1, S], `decoding.cross_attention` of its tokens.
+
+  Returns:
+    uint8 [h', w, 3], w the width of the image on the canvas.
+  """
+  canvas_h, canvas_w = page.image.shape[:2]
+  grid_h, grid_w = -(-canvas_h // ENCODER_STRIDE), -(-canvas_w // ENCODER_STRIDE)
+  grey = visualize.to_uint8(page.image).astype(np.float32) / 255.0
+  picture = np.repeat(grey[..., None], 3, axis=-1) * 0.6 + 0.4  # a paler page
+  for index, line in enumerate(transcription.lines):
+    start, stop = line.token_span
+    # Row t of the attention predicted token t + 1.
+    weights = attention[max(start - 1, 0):max(stop - 1, 0)]
+    if not len(weights):
+      continue
+    heat = weights.mean(axis=0).reshape(grid_h, grid_w)
+    heat = heat / max(float(heat.max()), 1e-9)
+    heat = np.asarray(Image.fromarray(heat.astype(np.float32)).resize(
+        (grid_w * ENCODER_STRIDE, grid_h * ENCODER_STRIDE), Image.Resampling.BILINEAR))
+    alpha = (0.7 * heat[:canvas_h, :canvas_w])[..., None]
+    picture = picture * (1 - alpha) + alpha * (np.array(line_colour(index)) / 255.0)
+  picture = (np.clip(picture, 0, 1) * 255).astype(np.uint8)[:page.height, :page.width]
+  # The lines below the page, each in its colour, with its confidence.
+  font = ImageFont.load_default()
+  lines = transcription.lines
+  out = Image.new("RGB", (max(page.width, 320), page.height + 14 * len(lines) + 4), "white")
+  out.paste(Image.fromarray(picture), (0, 0))
+  draw = ImageDraw.Draw(out)
+  for index, line in enumerate(lines):
+    draw.text((2, page.height + 2 + 14 * index), f"{line.confidence:.2f}  {line.text}",
+              fill=line_colour(index), font=font)
+  return np.asarray(out)
+
+
+# --- Recognition -----------------------------------------------------------------------
+
+
+def recognise(run: inference.Run, pages: list[Page], *, with_attention: bool = False):
+  """Transcribes pages in batches of eval.batch_size (the last one padded).
+
+  Returns:
+    (one Transcription per page, one float32 [L - 1, S] cross-attention per
+    page or None each when not `with_attention`).
+  """
+  batch_size = int(run.config.eval.batch_size)
+  p_decode = inference.jit_decode(run)
+  p_attention = jax.jit(lambda variables, images, tokens: decoding.cross_attention(
+      run.model, variables, images, tokens))
+  blank = np.full_like(pages[0].image, (1.0 - visualize.IMAGE_MEAN) / visualize.IMAGE_STD)
+  texts, attentions = [], []
+  with run.mesh_context():
+    for start in range(0, len(pages), batch_size):
+      chunk = pages[start:start + batch_size]
+      images = np.stack([p.image for p in chunk] + [blank] * (batch_size - len(chunk)))
+      global_images = sharding.put_batch({"image": images}, run.mesh)["image"]
+      output = p_decode(run.variables, global_images)
+      fetched = inference.fetch({"tokens": output.tokens, "log_probs": output.token_log_probs})
+      texts += decoding.transcriptions(
+          run.tokenizer, decoding.DecodeOutput(fetched["tokens"], fetched["log_probs"]))[
+              :len(chunk)]
+      if with_attention:
+        attention = inference.fetch(p_attention(run.variables, global_images, output.tokens))
+        attentions += list(attention[:len(chunk)])
+      else:
+        attentions += [None] * len(chunk)
+  return texts, attentions
+
+
+def format_result(path: str, text: decoding.Transcription | None, error: str | None,
+                  output_format: str) -> tuple[str, str]:
+  """(stdout, stderr) lines for one image: its transcription or its error."""
+  if error is not None:
+    if output_format == "json":
+      return json.dumps({"path": path, "error": error}, ensure_ascii=False), f"error: {error}"
+    return "", f"error: {error}"
+  if output_format == "json":
+    return json.dumps({"path": path, **text.to_json()}, ensure_ascii=False), ""
+  header = f"==> {path} (confidence {text.confidence:.3f}, min {text.min_confidence:.3f}) <=="
+  return header + "\n" + text.text, ""
+
+
+def main(argv):
+  if len(argv) < 2:
+    raise app.UsageError("Name at least one image file or folder.")
+  d = FLAGS.config.data
+  pages, errors = [], {}
+  for path in list_images(argv[1:]):
+    try:
+      pages.append(load_page(path, int(d.image_height), int(d.image_width), FLAGS.scale))
+    except (UnreadableImage, OSError) as e:
+      errors[path] = str(e) if isinstance(e, UnreadableImage) else f"{path}: {e}"
+  if not pages and not errors:
+    raise app.UsageError(f"No image files in {argv[1:]} (looked for {IMAGE_EXTENSIONS}).")
+  results = {}
+  if pages:
+    run = inference.restore_run(FLAGS.workdir, FLAGS.config, FLAGS.checkpoint)
+    texts, attentions = recognise(run, pages, with_attention=bool(FLAGS.attention_dir))
+    for page, text, attention in zip(pages, texts, attentions):
+      results[page.path] = text
+      if FLAGS.attention_dir:
+        os.makedirs(FLAGS.attention_dir, exist_ok=True)
+        name = os.path.splitext(os.path.basename(page.path))[0] + ".attention.png"
+        Image.fromarray(attention_picture(page, text, attention)).save(
+            os.path.join(FLAGS.attention_dir, name))
+  if jax.process_index() != 0:
+    return 1 if errors else 0
+  for path in list_images(argv[1:]):  # in the order given
+    out, err = format_result(path, results.get(path), errors.get(path), FLAGS.format)
+    if out:
+      print(out)
+    if err:
+      sys.stderr.write(err + "\n")
+  sys.stdout.flush()
+  if errors:
+    logging.error("%d of %d images could not be read.", len(errors), len(errors) + len(pages))
+  return 1 if errors else 0
+
+
+if __name__ == "__main__":
+  jax.config.config_with_absl()
+  app.run(main, flags_parser=inference.parse_flags_with_saved_config)
