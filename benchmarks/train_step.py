@@ -179,10 +179,11 @@ class TorchStep:
     self.step(self.images, self.tokens)
 
 
-def _seconds(fn) -> float:
-  start = time.perf_counter()
+def _seconds(fn) -> tuple[float, float]:
+  """(wall, CPU) seconds of one call; CPU time counts all threads of this process."""
+  start, start_cpu = time.perf_counter(), time.process_time()
   fn()
-  return time.perf_counter() - start
+  return time.perf_counter() - start, time.process_time() - start_cpu
 
 
 def run_case(name: str, case: Case, with_torch: bool) -> dict:
@@ -198,13 +199,17 @@ def run_case(name: str, case: Case, with_torch: bool) -> dict:
     for step in steps:
       step()
   # Alternate the frameworks so that outside load hits both alike.
-  times = [[] for _ in steps]
+  times, cpu_times = [[] for _ in steps], [[] for _ in steps]
   for _ in range(_STEPS.value):
-    for step, seconds in zip(steps, times):
-      seconds.append(_seconds(step))
+    for step, seconds, cpu_seconds in zip(steps, times, cpu_times):
+      wall, cpu = _seconds(step)
+      seconds.append(wall)
+      cpu_seconds.append(cpu)
 
   jax_s = statistics.median(times[0])
   torch_s = statistics.median(times[1]) if torch_step else None
+  jax_cpu_s = statistics.median(cpu_times[0])
+  torch_cpu_s = statistics.median(cpu_times[1]) if torch_step else None
   result = {
       "case": name, "encoder": case.encoder, "batch": case.batch, "height": case.height,
       "width": case.width, "tokens": case.tokens,
@@ -222,6 +227,11 @@ def run_case(name: str, case: Case, with_torch: bool) -> dict:
       "speedup_vs_torch": round(torch_s / jax_s, 3) if torch_s else None,
       # Fastest steps: what each does when the machine leaves it alone.
       "speedup_vs_torch_min": round(min(times[1]) / min(times[0]), 3) if torch_s else None,
+      # CPU seconds per step (all threads): what each costs whatever the load.
+      "jax_cpu_s": round(jax_cpu_s, 4),
+      "torch_cpu_s": round(torch_cpu_s, 4) if torch_s else None,
+      "speedup_vs_torch_cpu": round(torch_cpu_s / jax_cpu_s, 3) if torch_s else None,
+      "load_avg": round(os.getloadavg()[0], 2),
       **param_counts(jax_step.state.params),
   }
   result.update(torch_step.params if torch_step else dict.fromkeys(

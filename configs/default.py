@@ -68,6 +68,8 @@ def get_config():
   config.data.skip_unknown_chars = False  # skip text_file words not in charset
   config.data.num_parallel_calls = -1  # -1 = all cores (tf.data AUTOTUNE)
   config.data.prefetch = 2
+  # Image files (IAM, predict) with more pixels are refused before decoding.
+  config.data.max_image_pixels = 50_000_000
   config.data.synthetic_proba = 1.0  # share of synthetic examples when mixing
 
   # --- Training --------------------------------------------------------------

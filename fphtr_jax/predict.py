@@ -35,6 +35,7 @@ from absl import app, flags, logging
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from fphtr_jax import decoding, inference, sharding, visualize
+from input_pipeline import image_io
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("format", "text", ["text", "json"], "Output format on stdout.")
@@ -45,8 +46,8 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 ENCODER_STRIDE = 32
 
 
-class UnreadableImage(ValueError):
-  """An input file that is not an image we can read; the message names the file."""
+# An input file that is not an image we can use; the message names the file.
+UnreadableImage = image_io.BadImageError
 
 
 @dataclasses.dataclass
@@ -77,22 +78,14 @@ def list_images(paths: list[str]) -> list[str]:
   return files
 
 
-def read_grey(path: str) -> np.ndarray:
+def read_grey(path: str, max_pixels: int = image_io.DEFAULT_MAX_PIXELS) -> np.ndarray:
   """float32 [h, w] grey levels in [0, 1] (paper = 1) of any PNG/JPEG/TIFF.
 
   Raises:
-    UnreadableImage: missing, empty, truncated or not an image.
+    UnreadableImage: missing, empty, truncated, not an image, or larger than
+      `max_pixels`.
   """
-  try:
-    if os.path.getsize(path) == 0:
-      raise UnreadableImage(f"{path}: the file is empty (0 bytes).")
-    with Image.open(path) as image:
-      image.load()
-      image = ImageOps.exif_transpose(image)
-  except UnreadableImage:
-    raise
-  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-    raise UnreadableImage(f"{path}: not a readable image ({e}).") from e
+  image = ImageOps.exif_transpose(image_io.open_image(path, max_pixels))
   if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # 16/32-bit grey (TIFF)
     grey = np.asarray(image, np.float32)
     top = 65535.0 if image.mode.startswith("I;16") or grey.max() > 255 else 255.0
@@ -129,8 +122,9 @@ def place_on_canvas(grey: np.ndarray, height: int, width: int,
   return normalised[..., None], new_h, new_w
 
 
-def load_page(path: str, height: int, width: int, scale: float = 1.0) -> Page:
-  image, placed_h, placed_w = place_on_canvas(read_grey(path), height, width, scale)
+def load_page(path: str, height: int, width: int, scale: float = 1.0,
+              max_pixels: int = image_io.DEFAULT_MAX_PIXELS) -> Page:
+  image, placed_h, placed_w = place_on_canvas(read_grey(path, max_pixels), height, width, scale)
   return Page(path=path, image=image, height=placed_h, width=placed_w)
 
 
@@ -237,7 +231,8 @@ def main(argv):
   pages, errors = [], {}
   for path in list_images(argv[1:]):
     try:
-      pages.append(load_page(path, int(d.image_height), int(d.image_width), FLAGS.scale))
+      pages.append(load_page(path, int(d.image_height), int(d.image_width), FLAGS.scale,
+                             d.get("max_image_pixels", image_io.DEFAULT_MAX_PIXELS)))
     except (UnreadableImage, OSError) as e:
       errors[path] = str(e) if isinstance(e, UnreadableImage) else f"{path}: {e}"
   if not pages and not errors:

@@ -99,6 +99,8 @@ def validate_config(config: ml_collections.ConfigDict):
   for field in ("image_height", "image_width"):
     _require(d[field] >= ENCODER_STRIDE, f"data.{field}", d[field],
              f"at least {ENCODER_STRIDE} pixels (the encoder's stride)")
+  _require(d.max_image_pixels > 0, "data.max_image_pixels", d.max_image_pixels,
+           "a positive number of pixels")
   _require(d.max_len >= 3, "data.max_len", d.max_len, "at least 3 (<SOS>, a character, <EOS>)")
   _require(d.source in ("embedded", "iam"), "data.source", d.source, "'embedded' or 'iam'")
   _require(0 <= d.synthetic_proba <= 1, "data.synthetic_proba", d.synthetic_proba, "in [0, 1]")

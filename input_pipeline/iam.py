@@ -23,7 +23,6 @@ import dataclasses
 import hashlib
 import html.entities
 import importlib.resources
-import io
 import json
 import pathlib
 import re
@@ -35,6 +34,7 @@ import numpy as np
 from PIL import Image
 
 from input_pipeline import handwriting
+from input_pipeline import image_io
 
 LEVELS = ("word", "line", "form")
 SPLITS = ("train", "validation", "test")
@@ -431,8 +431,7 @@ def check_record_texts(records_, charset: str, max_chars: int, *, skip_unknown: 
 # --- Images --------------------------------------------------------------------
 
 
-class BadImageError(ValueError):
-  """An IAM image file that is missing, empty or cannot be decoded."""
+BadImageError = image_io.BadImageError
 
 
 def _resize(image: Image.Image, scale: float) -> Image.Image:
@@ -448,19 +447,7 @@ def load_image(record: Record, scale: float = DEFAULT_SCALE) -> np.ndarray:
   Raises BadImageError naming the file when it is missing, empty or unreadable.
   """
   path = record.image_path
-  try:
-    with open(path, "rb") as f:
-      data = f.read()
-    if not data:
-      raise BadImageError(f"{path} is empty.")
-    with Image.open(io.BytesIO(data)) as opened:
-      image = opened.convert("L")
-  except BadImageError:
-    raise
-  except (OSError, SyntaxError, ValueError) as e:  # PIL raises these for bad files
-    raise BadImageError(f"{path} cannot be read as an image ({e}).") from None
-  if image.width < 1 or image.height < 1:
-    raise BadImageError(f"{path} is an empty image ({image.width}x{image.height}).")
+  image = image_io.open_image(path).convert("L")
   if record.form is not None:
     top, bottom = record.form.crop_rows(image.height)
     if bottom <= top:

@@ -231,3 +231,27 @@ def test_a_full_disk_while_saving_leaves_the_previous_checkpoint_usable(
   assert again.returncode == 0, again.stderr[-3000:]
   assert "Resumed from step 2" in again.stderr
   assert json.loads((workdir / "config.json").read_text())["train"]["num_steps"] == 4
+
+
+def _png(path, size=(40, 20)):
+  from PIL import Image
+  Image.new("L", size, 200).save(path)
+  return str(path)
+
+
+@pytest.mark.parametrize("name, make, message", [
+    ("missing.png", lambda p: None, "no such image file"),
+    ("empty.png", lambda p: p.write_bytes(b""), r"is empty \(0 bytes\)"),
+    ("text.png", lambda p: p.write_text("not an image"), "cannot be read as an image"),
+    ("truncated.png", lambda p: p.write_bytes(open(_png(p, (300, 200)), "rb").read()[:200]),
+     "cannot be read as an image"),
+    ("huge.png", lambda p: _png(p, (2000, 1000)), r"2000x1000 = 2,000,000 pixels, more than "
+     r"data\.max_image_pixels=1,000,000"),
+])
+def test_bad_image_files_are_refused_by_name(tmp_path, name, make, message):
+  from input_pipeline import image_io
+  path = tmp_path / name
+  make(path)
+  with pytest.raises(image_io.BadImageError, match=re.escape(str(path)) + ".*" + message):
+    image_io.open_image(str(path), max_pixels=1_000_000)
+  assert image_io.open_image(_png(tmp_path / "fine.png"), max_pixels=1_000_000).size == (40, 20)

@@ -9,10 +9,10 @@ Decoding with a cache follows the flax WMT example: with `decode=True` the
 input is one token per example, [B, 1], and state lives in the "cache"
 collection, which must be passed in and returned as mutable:
 
-  * each self-attention keeps `cached_key` / `cached_value` [B, max_len, H, Dh]
+  * each self-attention keeps `cached_key` / `cached_value` [B, H, max_len, Dh]
     and `cache_index` (the position the next token is written to);
   * each cross-attention keeps the projected memory, `cached_key` /
-    `cached_value` [B, S, H, Dh], computed from `memory` on the first step
+    `cached_value` [B, H, S, Dh], computed from `memory` on the first step
     only (while its `cache_index` is 0) and reused afterwards;
   * the decoder keeps `cache_index` for the position encoding.
 
@@ -60,6 +60,11 @@ def _layer_norm(dtype: Any, name: str) -> nn.LayerNorm:
   )
 
 
+def _head_major(x):
+  """[B, S, H, Dh] -> [B, H, S, Dh]."""
+  return x.transpose(0, 2, 1, 3)
+
+
 class _Attention(nn.Module):
   """Shared parts of self- and cross-attention: projections and the core."""
 
@@ -102,8 +107,11 @@ class _Attention(nn.Module):
   def _attend(self, query, key, value, mask, deterministic: bool):
     """Scaled dot-product attention.
 
+    Keys and values are head-major, the layout the cache keeps, so that a
+    decoding step reads them without transposing the whole cache.
+
     Args:
-      query: [B, T, H, Dh]; key, value: [B, S, H, Dh].
+      query: [B, T, H, Dh]; key, value: [B, H, S, Dh].
       mask: bool, broadcastable to [B, H, T, S]; True = may attend. None = all.
       deterministic: disables dropout on the attention weights.
 
@@ -113,12 +121,12 @@ class _Attention(nn.Module):
     depth = query.shape[-1]
     query = query / jnp.sqrt(depth).astype(query.dtype)
     # Softmax in float32: bfloat16 logits lose too much precision.
-    logits = jnp.einsum("bthd,bshd->bhts", query, key).astype(jnp.float32)
+    logits = jnp.einsum("bthd,bhsd->bhts", query, key).astype(jnp.float32)
     if mask is not None:
       logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
     weights = jax.nn.softmax(logits, axis=-1)
     dropped = nn.Dropout(self.dropout_rate)(weights, deterministic=deterministic)
-    out = jnp.einsum("bhts,bshd->bthd", dropped.astype(self.dtype), value)
+    out = jnp.einsum("bhts,bhsd->bthd", dropped.astype(self.dtype), value)
     return out, weights
 
 
@@ -134,14 +142,14 @@ class SelfAttention(_Attention):
   @nn.compact
   def __call__(self, x, *, deterministic: bool, decode: bool = False):
     """x [B, T, D] -> [B, T, D]; decode=True after cache init needs T == 1."""
-    batch, length, d_model = x.shape
+    _, length, d_model = x.shape
     query = self._project_in(x, "query")
-    key = self._project_in(x, "key")
-    value = self._project_in(x, "value")
+    key = _head_major(self._project_in(x, "key"))
+    value = _head_major(self._project_in(x, "value"))
     mask = jnp.tril(jnp.ones((length, length), bool))[None, None]
     if decode:
       is_initialized = self.has_variable("cache", "cached_key")
-      cache_shape = (batch, self.max_len) + key.shape[2:]
+      cache_shape = key.shape[:2] + (self.max_len, key.shape[3])
       cached_key = self.variable("cache", "cached_key", jnp.zeros, cache_shape, key.dtype)
       cached_value = self.variable("cache", "cached_value", jnp.zeros, cache_shape, value.dtype)
       cache_index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
@@ -149,8 +157,8 @@ class SelfAttention(_Attention):
         if length != 1:
           raise ValueError(f"decode=True takes one token per step, got tokens of length {length}.")
         index = cache_index.value
-        key = jax.lax.dynamic_update_slice(cached_key.value, key, (0, index, 0, 0))
-        value = jax.lax.dynamic_update_slice(cached_value.value, value, (0, index, 0, 0))
+        key = jax.lax.dynamic_update_slice(cached_key.value, key, (0, 0, index, 0))
+        value = jax.lax.dynamic_update_slice(cached_value.value, value, (0, 0, index, 0))
         cached_key.value, cached_value.value = key, value
         cache_index.value = index + 1
         # Attend to the filled part of the cache: positions 0..index.
@@ -179,14 +187,15 @@ class CrossAttention(_Attention):
       # only. lax.cond runs one branch, so later steps skip the projection.
       key, value = nn.cond(
           cache_index.value == 0,
-          lambda module, m, k, v: (module._project_in(m, "key"), module._project_in(m, "value")),
+          lambda module, m, k, v: (_head_major(module._project_in(m, "key")),
+                                   _head_major(module._project_in(m, "value"))),
           lambda module, m, k, v: (k, v),
           self, memory, cached_key.value, cached_value.value)
       cached_key.value, cached_value.value = key, value
       cache_index.value = cache_index.value + 1
     else:
-      key = self._project_in(memory, "key")
-      value = self._project_in(memory, "value")
+      key = _head_major(self._project_in(memory, "key"))
+      value = _head_major(self._project_in(memory, "value"))
       if decode:  # Cache initialisation: create the variables, zero-filled.
         self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
         self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
