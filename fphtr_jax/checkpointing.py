@@ -72,9 +72,9 @@ class Checkpointer:
     except Exception as error:  # pylint: disable=broad-except
       complete = self.latest.all_steps()
       raise OSError(
-          f"{what} in {self.latest.directory} failed: {error!r}. The complete checkpoints "
-          f"there (steps {sorted(complete)}) are untouched; free space and run again to resume "
-          "from the newest.") from error
+          f"{what} failed: {error!r}. The complete checkpoints in {self.latest.directory} "
+          f"(steps {sorted(complete)}) are untouched; free space and run again to resume from "
+          "the newest.") from error
 
   def save(self, step: int, state, tokenizer, config, force: bool = False) -> bool:
     # An async save reports its error at the next save or wait.
@@ -89,10 +89,11 @@ class Checkpointer:
     if not summary["cer"] < self.best_cer:
       return False
     self.best_cer = summary["cer"]
-    return self.best.save(step, force=True, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        vocab=ocp.args.JsonSave(tokenizer.to_json()),
-        summary=ocp.args.JsonSave(summary)))
+    with self._saving(f"Saving the best checkpoint {step} (or finishing one before)"):
+      return self.best.save(step, force=True, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state),
+          vocab=ocp.args.JsonSave(tokenizer.to_json()),
+          summary=ocp.args.JsonSave(summary)))
 
   def restore(self, abstract_state, step: int | None = None, which: str = "latest"):
     """Restores (state, tokenizer) from `which` ("latest" or "best") at `step`."""

@@ -20,14 +20,14 @@ logs and TensorBoard summaries, and all processes write the Orbax checkpoints
 together. See launch/ for ready-made launchers.
 """
 
-import os
+import logging as std_logging
 
 import jax
 from absl import app, flags, logging
 from clu import platform
 from ml_collections import config_flags
 
-from fphtr_jax import train
+from fphtr_jax import distributed, train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and the resolved config.")
@@ -43,45 +43,23 @@ flags.DEFINE_integer("process_id", None, "This process's index, 0 .. num_process
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def multi_process_environment(environ=os.environ) -> bool:
-  """Whether the environment describes a job of more than one process."""
-  if "SLURM_STEP_NODELIST" in environ and int(environ.get("SLURM_NTASKS", "1")) > 1:
-    return True  # Inside `srun` with several tasks.
-  if environ.get("JAX_COORDINATOR_ADDRESS"):
-    return True
-  hosts = environ.get("TPU_PROCESS_ADDRESSES") or environ.get("TPU_WORKER_HOSTNAMES") or ""
-  return "," in hosts
+class QuietLibraries(std_logging.Filter):
+  """Keeps the console readable: Orbax logs dozens of INFO lines per checkpoint.
 
-
-def initialize_distributed(mode: str = "auto", coordinator_address: str | None = None,
-                           num_processes: int | None = None,
-                           process_id: int | None = None) -> bool:
-  """Calls `jax.distributed.initialize` as `mode` says; returns whether it did.
-
-  Must run before JAX initialises its backend (before any jax.devices(),
-  array or jit). On CPU the processes exchange data through gloo.
+  Its warnings and errors still show; --verbosity=1 shows everything.
   """
-  explicit = {"coordinator_address": coordinator_address, "num_processes": num_processes,
-              "process_id": process_id}
-  given = [name for name, value in explicit.items() if value is not None]
-  if given and len(given) != len(explicit):
-    missing = sorted(set(explicit) - set(given))
-    raise app.UsageError(f"--{' --'.join(given)} given without --{' --'.join(missing)}: "
-                         "an explicit multi-host run needs all three.")
-  if given and mode == "off":
-    raise app.UsageError(f"--distributed=off contradicts --{' --'.join(given)}.")
-  if mode == "off" or (mode == "auto" and not given and not multi_process_environment()):
-    return False
-  jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  jax.distributed.initialize(coordinator_address, num_processes, process_id)
-  return True
+
+  def filter(self, record):
+    return (record.levelno >= std_logging.WARNING or logging.get_verbosity() > 0
+            or "/orbax/" not in record.pathname)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  initialize_distributed(FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes,
-                         FLAGS.process_id)
+  logging.get_absl_handler().addFilter(QuietLibraries())
+  distributed.initialize_distributed(FLAGS.distributed, FLAGS.coordinator_address,
+                                     FLAGS.num_processes, FLAGS.process_id)
   logging.info("JAX process %d / %d, local devices: %s", jax.process_index(),
                jax.process_count(), jax.local_devices())
   platform.work_unit().set_task_status(

@@ -148,15 +148,3 @@ def to_host(x: jax.Array) -> np.ndarray:
   if x.is_fully_addressable:
     return np.asarray(x)
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-
-
-def any_process(flag: bool) -> bool:
-  """True on every process when `flag` is True on any (a collective, as `to_host`).
-
-  Lets all processes agree on a decision one of them took alone, e.g. to stop
-  after a signal that reached only some hosts, so that they all save the same
-  step together.
-  """
-  if jax.process_count() == 1:
-    return bool(flag)
-  return bool(np.any(multihost_utils.process_allgather(np.asarray(flag, np.bool_))))

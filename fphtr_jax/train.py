@@ -486,9 +486,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   # Signal handlers can only be installed from the main thread.
   in_main_thread = threading.current_thread() is threading.main_thread()
   # With several processes, SIGTERM is left to JAX's preemption notifier, so
-  # that all processes agree on the step to save at (reached_preemption below).
+  # that all processes agree on the step to save at (reached_preemption below);
+  # a Ctrl-C reaches one process only, so it stops at once, as usual.
   multi_process = jax.process_count() > 1
-  stop = StopRequest((signal.SIGINT,) if multi_process else (signal.SIGTERM, signal.SIGINT))
+  stop = StopRequest(() if multi_process else (signal.SIGTERM, signal.SIGINT))
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules), (
       stop if in_main_thread else contextlib.nullcontext()):
     for step in range(start_step + 1, num_steps + 1):

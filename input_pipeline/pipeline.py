@@ -160,15 +160,6 @@ def check_source(data_config):
     raise ValueError(f"data.source={data_config.source!r} is not one of {SOURCES}.")
 
 
-def mix_with_synthetic(real: tf.data.Dataset, synthetic_ds: tf.data.Dataset,
-                       synthetic_proba: float, seed: int) -> tf.data.Dataset:
-  """Draws each example from `synthetic_ds` with probability `synthetic_proba`."""
-  if not 0.0 <= synthetic_proba <= 1.0:
-    raise ValueError(f"data.synthetic_proba={synthetic_proba} must be in [0, 1].")
-  return tf.data.Dataset.sample_from_datasets(
-      [synthetic_ds, real], weights=[synthetic_proba, 1.0 - synthetic_proba], seed=seed)
-
-
 def load_bank(config, split: str, cache_dir=None):
   """The word bank of `split` ("train" or "eval"), its words checked against data.charset."""
   cache_dir = cache_dir or config.data.get("cache_dir")

@@ -137,16 +137,3 @@ def test_unknown_source_is_a_clear_error(tiny_config):
   tiny_config.data.source = "scans"
   with pytest.raises(ValueError, match="data.source"):
     pipeline.create_datasets(tiny_config)
-
-
-def test_mixing_draws_from_both_sources():
-  synthetic_ds = tf.data.Dataset.from_tensors({"mask": 1.0}).repeat()
-  real_ds = tf.data.Dataset.from_tensors({"mask": 2.0}).repeat()
-  values = [float(x["mask"]) for x in pipeline.mix_with_synthetic(
-      real_ds, synthetic_ds, 0.5, seed=0).take(64).as_numpy_iterator()]
-  assert set(values) == {1.0, 2.0}
-  only = {float(x["mask"]) for x in pipeline.mix_with_synthetic(
-      real_ds, synthetic_ds, 1.0, seed=0).take(16).as_numpy_iterator()}
-  assert only == {1.0}
-  with pytest.raises(ValueError, match="data.synthetic_proba"):
-    pipeline.mix_with_synthetic(real_ds, synthetic_ds, 1.5, seed=0)

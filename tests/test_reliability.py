@@ -222,9 +222,9 @@ def test_a_full_disk_while_saving_leaves_the_previous_checkpoint_usable(
   full = _run(workdir, bank_cache_dir, "--config.train.num_steps=4", *QUIET,
               preexec_fn=_limit_file_size(largest // 2))
   assert full.returncode != 0
-  assert re.search(r"OSError: .*checkpoint.* in \S+checkpoints failed: .*File too large.*"
-                   r"complete checkpoints there \(steps \[2\]\) are untouched",
-                   full.stderr), full.stderr[-3000:]
+  assert re.search(r"OSError: .*checkpoint.* failed: .*File too large.*The complete "
+                   r"checkpoints in \S+checkpoints \(steps \[2\]\) are untouched",
+                   full.stderr), full.stderr[-5000:]
   _assert_states_equal(_restore(workdir, tiny_config), saved)
 
   again = _run(workdir, bank_cache_dir, "--config.train.num_steps=4", *QUIET)

@@ -112,7 +112,8 @@ def run_cases(cases, cache_dir: str, out_path: str) -> dict:
   for case in cases:
     config = make_config(case, cache_dir)
     mesh_sizes, preset = CASES[case][:2]
-    mesh = sharding.create_mesh(config.mesh, jax.devices()[:int(np.prod(list(mesh_sizes.values())))])
+    num_devices = int(np.prod(list(mesh_sizes.values())))
+    mesh = sharding.create_mesh(config.mesh, jax.devices()[:num_devices])
     model = train.create_model(config, tokenizer)
     # Cases on the same mesh and rules share one initial state (float32
     # parameters whatever the compute dtype); only the model applying it differs.
@@ -121,7 +122,7 @@ def run_cases(cases, cache_dir: str, out_path: str) -> dict:
       initial_states[key] = train.create_train_state(
           config, model, mesh, jax.random.key(config.train.seed, impl=config.train.rng_impl))
     state, shardings = initial_states[key]
-    state = state.replace(apply_fn=model.apply)
+    state, shardings = (tree.replace(apply_fn=model.apply) for tree in (state, shardings))
     params = traverse_util.flatten_dict(state.params, sep="/")
     layout = {name: {"spec": [list(a) if isinstance(a, tuple) else a
                               for a in params[name].sharding.spec],
