@@ -232,7 +232,7 @@ def main(argv):
   for path in list_images(argv[1:]):
     try:
       pages.append(load_page(path, int(d.image_height), int(d.image_width), FLAGS.scale,
-                             d.get("max_image_pixels", image_io.DEFAULT_MAX_PIXELS)))
+                             d.max_image_pixels))
     except (UnreadableImage, OSError) as e:
       errors[path] = str(e) if isinstance(e, UnreadableImage) else f"{path}: {e}"
   if not pages and not errors:

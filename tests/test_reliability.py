@@ -62,11 +62,10 @@ def _assert_states_equal(a, b):
     np.testing.assert_array_equal(x, y)
 
 
-def _wait_for(predicate, process, log_path, seconds=240, interval=0.02):
-  deadline = time.monotonic() + seconds
+def _wait_for(predicate, process, log_path, interval=0.02):
+  """Polls until `predicate` holds; fails if the run ends first (every run here is finite)."""
   while not predicate():
     assert process.poll() is None, log_path.read_text()[-3000:]
-    assert time.monotonic() < deadline, log_path.read_text()[-3000:]
     time.sleep(interval)
 
 
@@ -109,8 +108,8 @@ def test_kill_9_during_a_save_resumes_from_the_previous_checkpoint(tmp_path, ban
       "tmp" in name for name in os.listdir(checkpoints))
   complete = lambda: sorted(int(n) for n in os.listdir(checkpoints) if n.isdigit())
   # A checkpoint every step: most of the run's time is spent saving.
-  overrides = ("--config.train.num_steps=100000", "--config.eval.every_steps=100000",
-               "--config.checkpoint.every_steps=1", "--config.checkpoint.max_to_keep=100")
+  overrides = ("--config.train.num_steps=1000", "--config.eval.every_steps=100000",
+               "--config.checkpoint.every_steps=1", "--config.checkpoint.max_to_keep=1000")
   for _ in range(5):  # The save may finish between the look and the kill: try again.
     with open(log_path, "w") as log:
       process = subprocess.Popen(_command(workdir, bank_cache_dir, *overrides), cwd=ROOT,
@@ -224,7 +223,7 @@ def test_a_full_disk_while_saving_leaves_the_previous_checkpoint_usable(
   assert full.returncode != 0
   assert re.search(r"OSError: .*checkpoint.* failed: .*File too large.*The complete "
                    r"checkpoints in \S+checkpoints \(steps \[2\]\) are untouched",
-                   full.stderr), full.stderr[-5000:]
+                   full.stderr, re.DOTALL), full.stderr[-5000:]
   _assert_states_equal(_restore(workdir, tiny_config), saved)
 
   again = _run(workdir, bank_cache_dir, "--config.train.num_steps=4", *QUIET)
