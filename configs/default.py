@@ -23,6 +23,9 @@ def get_config():
   config.model = ml_collections.ConfigDict()
   config.model.encoder = "resnet18"  # resnet18 | resnet34 | resnet50
   config.model.encoder_width = 64  # channels of the first stage (64 = torchvision)
+  # (height, width) stride of the last ResNet stage: (2, 2) = torchvision, 32 px
+  # per feature cell; (2, 1) halves the cell width for finer columns.
+  config.model.encoder_last_stride = (2, 2)
   config.model.d_model = 260
   config.model.num_layers = 6
   config.model.num_heads = 4
@@ -43,6 +46,10 @@ def get_config():
   config.data.word_height = 32
   config.data.words_per_line = (4, 9)
   config.data.words_per_form = (7, 40)
+  # Curriculum: over the first curriculum_steps steps, the most words on a
+  # training page grow linearly from words_per_line's low end (one line) to
+  # words_per_form's high end; 0 = pages as words_per_form from the start.
+  config.data.curriculum_steps = 0
   # Page layout, (lo, hi) in pixels at a word height of 40 px (IAM at half
   # resolution: the reference recipe's full-resolution numbers halved); scaled
   # by word_height / 40. Page margins also shrink to at most 1/8 of the canvas.

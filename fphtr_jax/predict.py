@@ -35,6 +35,7 @@ from absl import app, flags, logging
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from fphtr_jax import decoding, inference, sharding, visualize
+from fphtr_jax.models import resnet
 from input_pipeline import image_io
 
 FLAGS = flags.FLAGS
@@ -43,7 +44,6 @@ flags.DEFINE_string("attention_dir", None, "Folder for cross-attention pictures,
 flags.DEFINE_float("scale", 1.0, "Scale applied to every image before it is fitted to the canvas.")
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
-ENCODER_STRIDE = 32
 
 
 # An input file that is not an image we can use; the message names the file.
@@ -137,19 +137,21 @@ def line_colour(index: int) -> tuple[int, int, int]:
 
 
 def attention_picture(page: Page, transcription: decoding.Transcription,
-                      attention: np.ndarray) -> np.ndarray:
+                      attention: np.ndarray, stride: tuple[int, int] = (32, 32)) -> np.ndarray:
   """The page with each line's cross-attention in its colour, the lines written below.
 
   Args:
     page: the placed image.
     transcription: its decoded text and line spans.
     attention: float32 [L - 1, S], `decoding.cross_attention` of its tokens.
+    stride: (height, width) image pixels per feature cell (resnet.encoder_stride).
 
   Returns:
     uint8 [h', w, 3], w the width of the image on the canvas.
   """
   canvas_h, canvas_w = page.image.shape[:2]
-  grid_h, grid_w = -(-canvas_h // ENCODER_STRIDE), -(-canvas_w // ENCODER_STRIDE)
+  stride_h, stride_w = stride
+  grid_h, grid_w = -(-canvas_h // stride_h), -(-canvas_w // stride_w)
   grey = visualize.to_uint8(page.image).astype(np.float32) / 255.0
   picture = np.repeat(grey[..., None], 3, axis=-1) * 0.6 + 0.4  # a paler page
   for index, line in enumerate(transcription.lines):
@@ -161,7 +163,7 @@ def attention_picture(page: Page, transcription: decoding.Transcription,
     heat = weights.mean(axis=0).reshape(grid_h, grid_w)
     heat = heat / max(float(heat.max()), 1e-9)
     heat = np.asarray(Image.fromarray(heat.astype(np.float32)).resize(
-        (grid_w * ENCODER_STRIDE, grid_h * ENCODER_STRIDE), Image.Resampling.BILINEAR))
+        (grid_w * stride_w, grid_h * stride_h), Image.Resampling.BILINEAR))
     alpha = (0.7 * heat[:canvas_h, :canvas_w])[..., None]
     picture = picture * (1 - alpha) + alpha * (np.array(line_colour(index)) / 255.0)
   picture = (np.clip(picture, 0, 1) * 255).astype(np.uint8)[:page.height, :page.width]
@@ -246,7 +248,8 @@ def main(argv):
       if FLAGS.attention_dir:
         os.makedirs(FLAGS.attention_dir, exist_ok=True)
         name = os.path.splitext(os.path.basename(page.path))[0] + ".attention.png"
-        Image.fromarray(attention_picture(page, text, attention)).save(
+        stride = resnet.encoder_stride(run.config.model.encoder_last_stride)
+        Image.fromarray(attention_picture(page, text, attention, stride)).save(
             os.path.join(FLAGS.attention_dir, name))
   if jax.process_index() != 0:
     return 1 if errors else 0

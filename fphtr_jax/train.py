@@ -30,9 +30,8 @@ from flax.training import train_state
 from fphtr_jax import checkpointing, decoding, sharding, visualize
 from fphtr_jax import metrics as text_metrics
 from fphtr_jax import tokenizer as tokenizer_lib
-from fphtr_jax.models import fphtr
+from fphtr_jax.models import fphtr, resnet
 
-ENCODER_STRIDE = 32
 
 
 class TrainState(train_state.TrainState):
@@ -78,7 +77,7 @@ def validate_config(config: ml_collections.ConfigDict):
   """Fails early, naming the field, on values that would fail hours later."""
   for section in ("model", "data", "train", "eval", "checkpoint", "mesh", "decode"):
     _require(section in config, section, None, "a config section")
-  t, e, c, d = config.train, config.eval, config.checkpoint, config.data
+  t, e, c, d, m = config.train, config.eval, config.checkpoint, config.data, config.model
   _require(t.num_steps > 0, "train.num_steps", t.num_steps, "a positive integer")
   _require(t.batch_size > 0, "train.batch_size", t.batch_size, "a positive integer")
   _require(t.learning_rate > 0, "train.learning_rate", t.learning_rate, "a positive float")
@@ -96,9 +95,13 @@ def validate_config(config: ml_collections.ConfigDict):
   _require(e.num_examples > 0, "eval.num_examples", e.num_examples, "a positive integer")
   _require(c.every_steps > 0, "checkpoint.every_steps", c.every_steps, "a positive integer")
   _require(c.max_to_keep > 0, "checkpoint.max_to_keep", c.max_to_keep, "a positive integer")
-  for field in ("image_height", "image_width"):
-    _require(d[field] >= ENCODER_STRIDE, f"data.{field}", d[field],
-             f"at least {ENCODER_STRIDE} pixels (the encoder's stride)")
+  _require(tuple(m.encoder_last_stride) in ((2, 2), (2, 1), (1, 2), (1, 1)),
+           "model.encoder_last_stride", m.encoder_last_stride, "(2, 2), (2, 1), (1, 2) or (1, 1)")
+  for field, stride in zip(("image_height", "image_width"),
+                           resnet.encoder_stride(m.encoder_last_stride)):
+    _require(d[field] >= stride, f"data.{field}", d[field],
+             f"at least {stride} pixels (the encoder's stride)")
+  _require(d.curriculum_steps >= 0, "data.curriculum_steps", d.curriculum_steps, "0 or more")
   _require(d.max_image_pixels > 0, "data.max_image_pixels", d.max_image_pixels,
            "a positive number of pixels")
   _require(d.max_len >= 3, "data.max_len", d.max_len, "at least 3 (<SOS>, a character, <EOS>)")

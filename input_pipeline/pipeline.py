@@ -88,17 +88,36 @@ def background_value() -> float:
   return (1.0 - IMAGE_MEAN) / IMAGE_STD
 
 
-def make_synthetic_example(composer, data_config, seed: tuple[int, int], *, augment: bool):
-  """Returns example index (int64 scalar) -> {"image": [H, W, 1] f32, "tokens": [T] i32, "text"}."""
+def curriculum_max_words(step, first: int, last: int, curriculum_steps: int):
+  """The most words on a page at `step`: `first` at step 0, `last` from curriculum_steps on."""
+  if curriculum_steps <= 0:
+    return tf.constant(last, tf.int32)
+  progress = tf.minimum(tf.cast(step, tf.float32) / float(curriculum_steps), 1.0)
+  return tf.cast(tf.round(first + progress * (last - first)), tf.int32)
+
+
+def make_synthetic_example(composer, data_config, seed: tuple[int, int], *, augment: bool,
+                           global_batch: int = 0):
+  """Returns example index (int64 scalar) -> {"image": [H, W, 1] f32, "tokens": [T] i32, "text"}.
+
+  With `global_batch` > 0 and data.curriculum_steps > 0, an example's page
+  holds at most `curriculum_max_words` of its step (index // global_batch):
+  from data.words_per_line's low end (one line) to the layout's most words.
+  """
   tokenize = make_tokenize(data_config.charset, int(data_config.max_len))
   level = composer.layout.level
   max_rotation = float(data_config.max_rotation)
+  curriculum_steps = int(data_config.curriculum_steps) if global_batch > 0 else 0
 
   def example(index):
     example_seed = tf.random.experimental.stateless_fold_in(tf.constant(seed, tf.int64), index)
     compose_seed, warp_seed, photometric_seed = tf.unstack(
         tf.random.experimental.stateless_split(example_seed, num=3))
-    composed = composer.compose(compose_seed)
+    word_cap = None
+    if curriculum_steps:
+      word_cap = curriculum_max_words(index // global_batch, int(data_config.words_per_line[0]),
+                                       composer.layout.num_words[1], curriculum_steps)
+    composed = composer.compose(compose_seed, word_cap)
     image = ink_to_image(composed["ink"], composed["content_box"], warp_seed, photometric_seed,
                          level=level, augment=augment, max_rotation=max_rotation)
     return {"image": image, "tokens": tokenize(composed["text"]), "text": composed["text"]}
@@ -207,7 +226,7 @@ def create_datasets(config, *, process_index: int = 0, process_count: int = 1,
   global_batch = int(config.train.batch_size)
   train_example = make_synthetic_example(
       synthetic.SyntheticComposer(train_bank, config.data), config.data,
-      (seed, _TRAIN_STREAM), augment=bool(config.data.augment))
+      (seed, _TRAIN_STREAM), augment=bool(config.data.augment), global_batch=global_batch)
 
   def train_features(local):
     features = train_example(_global_index(local, train_batch, global_batch, process_index))

@@ -160,8 +160,11 @@ class SyntheticComposer:
     self.writer_count = tf.constant((ends - starts)[run].astype(np.int32))
     self.texts = tf.constant(texts, tf.string)
 
-  def compose(self, seed) -> dict[str, tf.Tensor]:
+  def compose(self, seed, word_cap=None) -> dict[str, tf.Tensor]:
     """One example from a stateless seed (int32/int64 [2]).
+
+    `word_cap` (int32 scalar, optional) caps the words drawn, which then
+    range over [min(low, word_cap), word_cap]: the training curriculum's knob.
 
     Returns a dict:
       ink: uint8 [H, W], 0 = paper, 255 = full ink.
@@ -180,7 +183,11 @@ class SyntheticComposer:
     # A contiguous span of one writer's words, wrapping around within the writer.
     start = tf.gather(self.start_words,
                       _randint(seeds[0], 0, tf.size(self.start_words) - 1))
-    num_sampled = _randint(seeds[1], lay.num_words[0], lay.num_words[1])
+    least, most = lay.num_words
+    if word_cap is not None:
+      most = tf.clip_by_value(tf.cast(word_cap, tf.int32), 1, most)
+      least = tf.minimum(least, most)
+    num_sampled = _randint(seeds[1], least, most)
     first = tf.gather(self.writer_start, start)
     count = tf.gather(self.writer_count, start)
     position = tf.range(max_words, dtype=tf.int32)

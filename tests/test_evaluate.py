@@ -5,6 +5,7 @@ config.json, vocab.json, Orbax checkpoints (latest and best). The command
 lines run in subprocesses exactly as a user types them.
 """
 
+import csv
 import glob
 import json
 import os
@@ -60,6 +61,29 @@ def _event_tags(directory: str) -> set[str]:
     for event in tf.compat.v1.train.summary_iterator(path):
       tags.update(value.tag for value in event.summary.value)
   return tags
+
+
+# --- curves ----------------------------------------------------------------------------------
+
+
+def test_curves_draws_the_logged_losses(trained_tiny_workdir, tmp_path):
+  output = str(tmp_path / "curves.png")
+  result = _run("fphtr_jax.curves", f"--workdir={trained_tiny_workdir}", f"--output={output}")
+  assert result.returncode == 0, result.stderr[-4000:]
+  picture = np.asarray(Image.open(output).convert("RGB"))
+  assert picture.shape[0] > picture.shape[1] and (picture < 128).any()
+  with open(str(tmp_path / "curves.csv")) as f:
+    rows = list(csv.DictReader(f))
+  losses = [(int(r["step"]), float(r["value"])) for r in rows if r["tag"] == "train/loss"]
+  cers = [float(r["value"]) for r in rows if r["tag"] == "eval/cer"]
+  # The tiny run logs its loss every 100 steps and evaluates at the end.
+  assert [step for step, _ in losses] == list(range(100, TINY_TRAIN_STEPS + 1, 100))
+  assert losses[-1][1] < losses[0][1] and len(cers) == 1 and 0 <= cers[0]
+
+
+def test_curves_without_logs_is_a_clear_error(tmp_path):
+  result = _run("fphtr_jax.curves", f"--workdir={tmp_path}")
+  assert result.returncode != 0 and "No TensorBoard event files" in result.stderr
 
 
 # --- evaluate --------------------------------------------------------------------------------

@@ -297,24 +297,15 @@ def _build(args, data_dir):
   assert result.returncode == 0, result.stderr[-3000:]
 
 
-# `tfds build`, run as the tfds command line runs it. Its main module also
-# imports the convert_format command, which needs apache_beam in
-# tensorflow-datasets 4.9.10; without it, the build command is run by itself.
-_TFDS_BUILD = """
-import sys
-from tensorflow_datasets.scripts.cli import build, cli_utils
-build_args = cli_utils.make_flags_parser(build.Args, description="tfds build")(sys.argv)
-build_args.execute()
-"""
-
-
 def test_tfds_build_command_over_the_fixture(iam_dir, tmp_path):
   args = ["input_pipeline/iam_tfds.py", "--config=line", f"--manual_dir={iam_dir}",
           f"--data_dir={tmp_path}"]
+  # The tfds command line itself when apache-beam is installed; TFDS's build
+  # command on its own (input_pipeline.tfds_build) otherwise.
   if importlib.util.find_spec("apache_beam") is not None:
     command = [sys.executable, "-m", "tensorflow_datasets.scripts.cli.main", "build"] + args
   else:
-    command = [sys.executable, "-c", _TFDS_BUILD] + args
+    command = [sys.executable, "-m", "input_pipeline.tfds_build"] + args
   result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert result.returncode == 0, result.stderr[-3000:]
   (shard,) = tmp_path.glob("iam_handwriting/line/1.0.0/iam_handwriting-train.tfrecord*")

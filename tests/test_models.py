@@ -150,6 +150,22 @@ def test_encoder_output_shape(name, height, width):
       8 * 8 * resnet.RESNETS[name][0].expansion, 32)
 
 
+@pytest.mark.parametrize("last_stride", [(2, 1), (1, 2), (1, 1)])
+def test_encoder_last_stride_refines_the_grid(last_stride):
+  encoder = resnet.ImageEncoder(width=8, d_model=32, last_stride=last_stride)
+  images = jnp.zeros((2, 64, 128, 1))
+  memory, variables = jax.eval_shape(
+      lambda: encoder.init_with_output(jax.random.key(0), images, train=False))
+  stride_h, stride_w = resnet.encoder_stride(last_stride)
+  assert (stride_h, stride_w) == (16 * last_stride[0], 16 * last_stride[1])
+  assert memory.shape == (2, (64 // stride_h) * (128 // stride_w), 32)
+  # Same parameters as torchvision's trunk: only the stride changes.
+  default = jax.eval_shape(
+      lambda: resnet.ImageEncoder(width=8, d_model=32).init(
+          jax.random.key(0), images, train=False))
+  assert jax.tree.map(lambda a: a.shape, variables) == jax.tree.map(lambda a: a.shape, default)
+
+
 def test_encoder_runs(tiny):
   memory = tiny["memory"]
   assert memory.shape == (2, 2 * 3, 32) and memory.dtype == jnp.float32

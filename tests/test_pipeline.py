@@ -72,6 +72,32 @@ def test_start_step_skips_exactly(tiny_config):
   assert_same_batches(from_start[2:3], resumed)
 
 
+def test_curriculum_grows_the_pages(tiny_config):
+  config = tiny_config
+  config.data.level = "form"
+  config.data.image_height, config.data.image_width = 96, 160
+  config.data.words_per_line = (1, 3)
+  config.data.words_per_form = (8, 16)
+  config.data.max_len = 96
+  config.data.curriculum_steps = 10
+  # The most words allowed: words_per_line's low end at step 0, the top from step 10.
+  caps = [int(pipeline.curriculum_max_words(step, 1, 16, 10)) for step in (0, 5, 10, 50)]
+  assert caps == [1, 8, 16, 16]
+
+  def words_per_page(start_step):
+    train_ds, _ = pipeline.create_datasets(config, start_step=start_step)
+    (batch,) = take(train_ds, 1)
+    tok = tokenizer_lib.Tokenizer(config.data.charset)
+    return [len(tok.decode(tokens).split()) for tokens in batch["tokens"]]
+
+  assert set(words_per_page(0)) == {1}
+  late = words_per_page(20)
+  assert min(late) >= 2 and max(late) > 3
+  # Off, the pages are words_per_form's from the first step.
+  config.data.curriculum_steps = 0
+  assert min(words_per_page(0)) >= 2
+
+
 def test_processes_share_out_each_global_batch(tiny_config):
   whole = take(pipeline.create_datasets(tiny_config)[0], 2)
   parts = [take(pipeline.create_datasets(tiny_config, process_index=i, process_count=2)[0], 2)

@@ -108,6 +108,26 @@ def test_lines_that_do_not_fit_are_dropped_with_their_words(tiny_config, bank):
     assert example["num_words"] < 16
 
 
+def test_word_cap_caps_the_words_drawn(tiny_config, bank):
+  config = form_config(tiny_config, words_per_form=(6, 16))
+  composer = synthetic.SyntheticComposer(bank, config.data)
+  compose = tf.function(composer.compose)
+
+  def counts(cap):
+    result = []
+    for i in range(NUM_EXAMPLES):
+      example = compose(tf.constant([0, i], tf.int64), cap)
+      example = {k: v.numpy() for k, v in example.items()}
+      check_example(bank, composer.layout, example)
+      result.append(int(example["num_words"]))
+    return result
+
+  # Below the low end, the cap itself is drawn; above it, words range up to the cap.
+  assert set(counts(2)) == {2}
+  assert max(counts(8)) <= 8
+  assert max(counts(16)) > 8
+
+
 def test_punctuation_words_attach_to_the_word_before(tiny_config, bank_cache_dir, tmp_path):
   text_file = tmp_path / "text.txt"
   text_file.write_text("Hello , world . Is it raining ? Yes ; it is : very much !\n" * 20)

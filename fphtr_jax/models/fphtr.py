@@ -29,7 +29,7 @@ from fphtr_jax.models import resnet
 ENCODERS = tuple(resnet.RESNETS)
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # config.model fields that become FPHTR attributes unchanged.
-_CONFIG_FIELDS = ("encoder", "encoder_width", "d_model", "num_layers", "num_heads",
+_CONFIG_FIELDS = ("encoder", "encoder_width", "encoder_last_stride", "d_model", "num_layers", "num_heads",
                   "mlp_dim", "dropout_rate", "pre_norm")
 
 
@@ -41,6 +41,7 @@ class FPHTR(nn.Module):
     max_len: longest token sequence (position table and cache length).
     encoder: resnet18 | resnet34 | resnet50.
     encoder_width: ResNet stem/first-stage channels (64 = torchvision).
+    encoder_last_stride: (height, width) stride of the last ResNet stage.
     d_model, num_layers, num_heads, mlp_dim, dropout_rate: decoder size.
     pre_norm: pre-norm decoder layers (with a final LayerNorm).
     dtype: compute dtype; parameters and logits stay float32.
@@ -50,6 +51,7 @@ class FPHTR(nn.Module):
   max_len: int
   encoder: str = "resnet18"
   encoder_width: int = 64
+  encoder_last_stride: tuple[int, int] = (2, 2)
   d_model: int = 260
   num_layers: int = 6
   num_heads: int = 4
@@ -62,6 +64,7 @@ class FPHTR(nn.Module):
     self.image_encoder = resnet.ImageEncoder(
         encoder=self.encoder,
         width=self.encoder_width,
+        last_stride=tuple(self.encoder_last_stride),
         d_model=self.d_model,
         dropout_rate=self.dropout_rate,
         dtype=self.dtype,
@@ -136,7 +139,7 @@ def init_cache(model: FPHTR, batch_size: int, memory_len: int):
   Args:
     model: the FPHTR whose decoder the cache is for.
     batch_size: examples decoded together (batch x beams for beam search).
-    memory_len: S, the encoder memory length, ceil(H/32) * ceil(W/32).
+    memory_len: S, the encoder memory length (cells of the feature grid).
 
   Returns:
     The "cache" collection; self-attention caches hold model.max_len steps.

@@ -1,0 +1,39 @@
+"""The full-page recipe of configs/cpu_fullpage.py at the paper's scale, for a GPU or TPU.
+
+ResNet34 with the finer last stage, a 6-layer pre-norm decoder, pages at IAM's
+half resolution (~150 dpi: 40 px words on a 1024x1280 canvas, up to 17 lines
+and 700 tokens), the same curriculum (one line first, full pages by a quarter
+of the run), warmup, cosine decay, label smoothing and held-out fonts.
+
+  python -m fphtr_jax.main --config=configs/fullpage.py --workdir=runs/fullpage
+"""
+
+from configs import cpu_fullpage
+
+
+def get_config():
+  # The recipe's optimisation, layout and held-out fonts, at the paper's scale.
+  config = cpu_fullpage.get_config()
+  config.model.encoder = "resnet34"
+  config.model.encoder_width = 64
+  config.model.num_layers = 6
+  config.model.dropout_rate = 0.1
+
+  config.data.image_height = 1024
+  config.data.image_width = 1280
+  config.data.word_height = 40
+  config.data.words_per_form = (40, 70)
+  config.data.max_len = 700
+  config.data.curriculum_steps = 15_000
+
+  config.train.num_steps = 60_000
+  config.train.batch_size = 32
+  config.train.learning_rate = 4e-4
+  config.train.warmup_steps = 2_000
+  config.train.log_every_steps = 100
+
+  config.eval.every_steps = 2_000
+  config.eval.num_examples = 256
+  config.eval.batch_size = 32
+  config.checkpoint.every_steps = 1_000
+  return config
