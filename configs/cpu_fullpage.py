@@ -34,14 +34,14 @@ def get_config():
   config.data.level = "form"
   config.data.image_height = 256
   config.data.image_width = 512
-  config.data.word_height = 32
+  config.data.word_height = 40  # IAM's text size at half resolution
   config.data.words_per_line = (4, 9)  # the curriculum starts at 4 words
-  config.data.words_per_form = (16, 40)  # full pages: 3 to 5 lines
-  config.data.max_len = 200
-  config.data.curriculum_steps = 1000
+  config.data.words_per_form = (16, 40)  # full pages: 3 or 4 lines
+  config.data.max_len = 160
+  config.data.curriculum_steps = 1200
   config.data.heldout_fonts = HELDOUT_FONTS
 
-  config.train.num_steps = 3200
+  config.train.num_steps = 3000
   config.train.batch_size = 16
   config.train.optimizer = "adamw"
   config.train.learning_rate = 8e-4
@@ -53,7 +53,7 @@ def get_config():
   config.train.rng_impl = "unsafe_rbg"
   config.train.log_every_steps = 25
 
-  config.eval.every_steps = 400
+  config.eval.every_steps = 300
   config.eval.num_examples = 64
   config.eval.batch_size = 16
   config.checkpoint.every_steps = 200

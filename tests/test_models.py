@@ -166,6 +166,18 @@ def test_encoder_last_stride_refines_the_grid(last_stride):
   assert jax.tree.map(lambda a: a.shape, variables) == jax.tree.map(lambda a: a.shape, default)
 
 
+def test_blank_paper_has_no_frame():
+  from input_pipeline import pipeline
+  assert np.isclose(resnet.PAPER, pipeline.background_value())
+  encoder = resnet.ImageEncoder(width=8, d_model=32, dropout_rate=0.0)
+  page = jnp.full((1, 64, 128, 1), pipeline.background_value())
+  memory, _ = encoder.init_with_output(jax.random.key(0), page, train=False)
+  # Paper is 0 inside the trunk, like the convolutions' zero padding: no
+  # feature anywhere, at the edges neither; only the position encoding remains.
+  np.testing.assert_allclose(np.asarray(memory[0]),
+                             position.sinusoidal_2d(2, 4, 32).reshape(8, 32), atol=1e-5)
+
+
 def test_encoder_runs(tiny):
   memory = tiny["memory"]
   assert memory.shape == (2, 2 * 3, 32) and memory.dtype == jnp.float32
