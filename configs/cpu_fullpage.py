@@ -1,13 +1,14 @@
-"""Full synthetic pages that a 2-core CPU learns to read in about 90 minutes.
+"""The full-page recipe sized for a 2-core CPU: about 75 minutes of training.
 
 The FPHTR model, narrowed for a CPU, trained with a curriculum (one line at
-first, full pages of three to five lines by a third of the run), a finer grid
+first, full pages of three or four lines from 40% of the run on), a finer grid
 of columns in the encoder's last stage, a pre-norm decoder, AdamW with warmup
 and cosine decay, and label smoothing. Three font families are held out of
 training: the eval pages are written only in them, so the CER measures reading
-unseen handwriting, not remembering the fonts.
+unseen handwriting, not remembering the fonts. README, "Reading full pages",
+has the results.
 
-  python -m fphtr_jax.main --config=configs/cpu_fullpage.py --workdir=runs/cpu_fullpage
+  bash launch/train.sh configs/cpu_fullpage.py
 
 configs/fullpage.py is the same recipe at the paper's scale for a GPU or TPU.
 """
@@ -23,7 +24,7 @@ def get_config():
 
   config.model.encoder = "resnet18"
   config.model.encoder_width = 32  # channels 32-256: a quarter of the compute
-  config.model.encoder_last_stride = (2, 1)  # 32 x 16 px cells: ~1.5 letters each
+  config.model.encoder_last_stride = (2, 1)  # 32 x 16 px cells: about a letter each
   config.model.d_model = 256
   config.model.num_layers = 4
   config.model.num_heads = 4

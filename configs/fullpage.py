@@ -1,11 +1,12 @@
 """The full-page recipe of configs/cpu_fullpage.py at the paper's scale, for a GPU or TPU.
 
-ResNet34 with the finer last stage, a 6-layer pre-norm decoder, pages at IAM's
-half resolution (~150 dpi: 40 px words on a 1024x1280 canvas, up to 17 lines
-and 700 tokens), the same curriculum (one line first, full pages by a quarter
-of the run), warmup, cosine decay, label smoothing and held-out fonts.
+ResNet34 with the finer last stage, a 6-layer pre-norm decoder, pages like
+IAM's forms at half resolution (~150 dpi: 40 px words on a 1024x1280 canvas,
+40 to 70 words, up to 700 tokens), the same curriculum (one line first, full
+pages from a quarter of the run on), warmup, cosine decay, label smoothing and
+held-out fonts. Not yet trained to the end: no results for it so far.
 
-  python -m fphtr_jax.main --config=configs/fullpage.py --workdir=runs/fullpage
+  bash launch/gpu_local.sh configs/fullpage.py   # all GPUs of this machine
 """
 
 from configs import cpu_fullpage
