@@ -1,12 +1,13 @@
 """The full-page recipe sized for a 2-core CPU: about 75 minutes of training.
 
 The FPHTR model, narrowed for a CPU, trained with a curriculum (one line at
-first, full pages of three or four lines from 40% of the run on), a finer grid
+first, full pages of two to four lines from 40% of the run on), a finer grid
 of columns in the encoder's last stage, a pre-norm decoder, AdamW with warmup
 and cosine decay, and label smoothing. Three font families are held out of
 training: the eval pages are written only in them, so the CER measures reading
 unseen handwriting, not remembering the fonts. README, "Reading full pages",
-has the results.
+has the results: 79% CER on held-out-font pages so far, far from
+the 15% aimed at.
 
   bash launch/train.sh configs/cpu_fullpage.py
 
