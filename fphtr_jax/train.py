@@ -33,7 +33,6 @@ from fphtr_jax import tokenizer as tokenizer_lib
 from fphtr_jax.models import fphtr, resnet
 
 
-
 class TrainState(train_state.TrainState):
   batch_stats: Any
   # Steps whose update was dropped because the loss, a gradient or a new

@@ -90,8 +90,6 @@ def background_value() -> float:
 
 def curriculum_max_words(step, first: int, last: int, curriculum_steps: int):
   """The most words on a page at `step`: `first` at step 0, `last` from curriculum_steps on."""
-  if curriculum_steps <= 0:
-    return tf.constant(last, tf.int32)
   progress = tf.minimum(tf.cast(step, tf.float32) / float(curriculum_steps), 1.0)
   return tf.cast(tf.round(first + progress * (last - first)), tf.int32)
 

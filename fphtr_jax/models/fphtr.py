@@ -29,8 +29,8 @@ from fphtr_jax.models import resnet
 ENCODERS = tuple(resnet.RESNETS)
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # config.model fields that become FPHTR attributes unchanged.
-_CONFIG_FIELDS = ("encoder", "encoder_width", "encoder_last_stride", "d_model", "num_layers", "num_heads",
-                  "mlp_dim", "dropout_rate", "pre_norm")
+_CONFIG_FIELDS = ("encoder", "encoder_width", "encoder_last_stride", "d_model", "num_layers",
+                  "num_heads", "mlp_dim", "dropout_rate", "pre_norm")
 
 
 class FPHTR(nn.Module):

@@ -19,19 +19,18 @@ import jax.numpy as jnp
 
 from fphtr_jax.models import position
 
-# He-normal over fan_out, as torchvision initialises its convolutions.
 Strides = int | tuple[int, int]  # one for both axes, or (height, width)
-
-
-def _pair(strides: Strides) -> tuple[int, int]:
-  return (strides, strides) if isinstance(strides, int) else tuple(strides)
-
 
 # Blank paper as the input pipeline normalises it: (1 - 0.8275) / 0.2314.
 PAPER = (1.0 - 0.8275) / 0.2314
 
+# He-normal over fan_out, as torchvision initialises its convolutions.
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 _CONV_AXES = ("conv_height", "conv_width", "conv_in", "conv_out")
+
+
+def _pair(strides: Strides) -> tuple[int, int]:
+  return (strides, strides) if isinstance(strides, int) else tuple(strides)
 
 
 def _conv(features: int, kernel: int, strides: Strides, dtype: Any, name: str) -> nn.Conv:
@@ -152,7 +151,7 @@ class ResNet(nn.Module):
       for index in range(num_blocks):
         strides = 1
         if stage > 0 and index == 0:
-          strides = tuple(self.last_stride) if stage == last else 2
+          strides = self.last_stride if stage == last else 2
         x = self.block(
             features=self.width * 2**stage,
             strides=strides,
@@ -196,7 +195,7 @@ class ImageEncoder(nn.Module):
     block, stage_sizes = RESNETS[self.encoder]
     # Paper at 0: the convolutions' zero padding then continues the page
     # instead of framing it with a dark edge that draws the attention.
-    features = ResNet(block, stage_sizes, self.width, tuple(self.last_stride), self.dtype,
+    features = ResNet(block, stage_sizes, self.width, self.last_stride, self.dtype,
                       name="resnet")(images - PAPER, train=train)
     # A 1x1 conv is a dense layer over channels; its kernel is 2D.
     x = nn.Dense(
