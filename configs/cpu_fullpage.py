@@ -52,6 +52,8 @@ def get_config():
   config.train.warmup_steps = 300
   config.train.grad_clip_norm = 1.0
   config.train.label_smoothing = 0.1
+  config.train.attention_loss_weight = 1.0  # guided attention: shows where to read
+  config.train.attention_sigma = 1.0
   config.train.rng_impl = "unsafe_rbg"
   config.train.log_every_steps = 25
 

@@ -96,6 +96,13 @@ def get_config():
   config.train.warmup_steps = 0
   config.train.grad_clip_norm = 0.0  # 0 = no clipping
   config.train.label_smoothing = 0.0
+  # Guided cross-attention (synthetic data only): each target token's
+  # attention, averaged over heads, is pulled towards where the page shows
+  # that character: loss -log(attention mass under a Gaussian of
+  # attention_sigma feature cells around it), averaged over the decoder
+  # layers, times attention_loss_weight (0 = off). Training only.
+  config.train.attention_loss_weight = 0.0
+  config.train.attention_sigma = 1.0
   config.train.log_every_steps = 10
   # Steps with a non-finite loss, gradient or parameter are skipped; more than
   # this many in a row stop the run (checked every log_every_steps).

@@ -54,6 +54,7 @@ class LearningRate(metrics.LastValue):
 class TrainMetrics(metrics.Collection):
   """Averages over the steps since the last log, skipped steps masked out."""
   loss: metrics.Average.from_output("loss")
+  attention_loss: metrics.Average.from_output("attention_loss")
   accuracy: metrics.Average.from_output("accuracy")
   grad_norm: metrics.Average.from_output("grad_norm")
   learning_rate: LearningRate
@@ -86,6 +87,13 @@ def validate_config(config: ml_collections.ConfigDict):
   _require(t.warmup_steps >= 0, "train.warmup_steps", t.warmup_steps, "0 or more")
   _require(t.grad_clip_norm >= 0, "train.grad_clip_norm", t.grad_clip_norm, "0 (off) or more")
   _require(0 <= t.label_smoothing < 1, "train.label_smoothing", t.label_smoothing, "in [0, 1)")
+  _require(t.attention_loss_weight >= 0, "train.attention_loss_weight", t.attention_loss_weight,
+           "0 (off) or more")
+  _require(t.attention_sigma > 0, "train.attention_sigma", t.attention_sigma,
+           "a positive number of feature cells")
+  if t.attention_loss_weight:
+    _require(d.source == "embedded", "train.attention_loss_weight", t.attention_loss_weight,
+             "0 with data.source='iam' (only synthetic pages know where each character is)")
   _require(t.max_skipped_steps >= 0, "train.max_skipped_steps", t.max_skipped_steps,
            "0 or more")
   _require(t.log_every_steps > 0, "train.log_every_steps", t.log_every_steps, "a positive integer")
@@ -198,6 +206,32 @@ def token_loss(logits, targets, weights, label_smoothing: float = 0.0):
   return (losses * weights).sum() / total, (correct * weights).sum() / total
 
 
+def attention_loss(attention, glyph_centres, weights, image_shape, stride, sigma: float):
+  """Guided cross-attention: -log of the attention mass near each token's glyph.
+
+  attention: float32 [B, T, S], one layer's cross-attention averaged over
+    heads, over the encoder's row-major grid of S cells.
+  glyph_centres: float32 [B, T, 2], (y, x) in image pixels of target token t.
+  weights: float32 [B, T]; image_shape: (H, W); stride: pixels per cell (y, x);
+  sigma: width of the Gaussian around each glyph, in cells.
+
+  Returns the weighted mean over tokens of -log(sum_s attention * gaussian),
+  the Gaussian peaking at 1 on the glyph: 0 when all attention is there.
+  """
+  rows = -(-image_shape[0] // stride[0])
+  cols = attention.shape[-1] // rows
+
+  def distance(cells, size, coordinate):  # [B, T, cells], in cells
+    return ((jnp.arange(cells) + 0.5) * size - 0.5 - coordinate[..., None]) / size
+
+  dy = distance(rows, stride[0], glyph_centres[..., 0])
+  dx = distance(cols, stride[1], glyph_centres[..., 1])
+  gaussian = jnp.exp(-(dy[..., :, None] ** 2 + dx[..., None, :] ** 2) / (2 * sigma ** 2))
+  mass = (attention * gaussian.reshape(attention.shape)).sum(-1)
+  losses = -jnp.log(mass + 1e-6)
+  return (losses * weights).sum() / jnp.maximum(weights.sum(), 1.0)
+
+
 def _split_batch(batch):
   """Decoder input, targets and weights from <SOS> ... <EOS> <PAD> tokens."""
   tokens = batch["tokens"]
@@ -231,7 +265,8 @@ def _all_finite(tree) -> jax.Array:
 
 
 def train_step(state: TrainState, batch, rng, *, label_smoothing: float, schedule,
-               grad_accum_steps: int = 1):
+               grad_accum_steps: int = 1, attention_loss_weight: float = 0.0,
+               attention_sigma: float = 1.0, encoder_stride=(32, 32)):
   """One optimizer step on a global batch; returns (new state, TrainMetrics).
 
   A step whose loss, gradients or new parameters are not all finite is
@@ -246,40 +281,55 @@ def train_step(state: TrainState, batch, rng, *, label_smoothing: float, schedul
   a step on the whole batch except for BatchNorm, which normalises each
   micro-batch with its own statistics and updates its running averages once
   per micro-batch. Losses and gradients are float32 whatever model.dtype is.
+
+  With attention_loss_weight > 0 the batch holds "glyph_centres" and the
+  loss adds that weight times `attention_loss` of every decoder layer
+  (averaged); `loss` in the metrics stays the token loss alone.
   """
   dropout_rng = jax.random.fold_in(rng, state.step)
   total_weight = jnp.maximum(_split_batch(batch)[2].sum(), 1.0)
 
+  guided = attention_loss_weight > 0
+
   def loss_fn(params, batch_stats, micro_batch, dropout_rng):
     inputs, targets, weights = _split_batch(micro_batch)
+    images = micro_batch["image"]
     logits, updates = state.apply_fn(
-        {"params": params, "batch_stats": batch_stats}, micro_batch["image"], inputs,
-        train=True, rngs={"dropout": dropout_rng}, mutable=["batch_stats"])
+        {"params": params, "batch_stats": batch_stats}, images, inputs,
+        train=True, rngs={"dropout": dropout_rng},
+        mutable=["batch_stats", "intermediates"] if guided else ["batch_stats"])
     loss, accuracy = token_loss(logits, targets, weights, label_smoothing)
-    # token_loss averages over this micro-batch's tokens; reweight to the batch's.
+    guide = jnp.float32(0)
+    if guided:
+      layers = jax.tree.leaves(updates["intermediates"])
+      guide = sum(attention_loss(a, micro_batch["glyph_centres"], weights, images.shape[1:3],
+                                 encoder_stride, attention_sigma) for a in layers) / len(layers)
+    # Losses average over this micro-batch's tokens; reweight to the batch's.
     share = jnp.maximum(weights.sum(), 1.0) / total_weight
-    return loss * share, (accuracy * share, updates["batch_stats"])
+    total = (loss + attention_loss_weight * guide) * share
+    return total, (loss * share, guide * share, accuracy * share, updates["batch_stats"])
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   if grad_accum_steps == 1:
-    (loss, (accuracy, batch_stats)), grads = grad_fn(
+    (_, (loss, guide, accuracy, batch_stats)), grads = grad_fn(
         state.params, state.batch_stats, batch, dropout_rng)
   else:
     def accumulate(carry, micro):
-      grads, batch_stats, loss, accuracy = carry
+      grads, batch_stats, loss, guide, accuracy = carry
       micro_batch, index = micro
-      (micro_loss, (micro_accuracy, batch_stats)), micro_grads = grad_fn(
+      (_, (micro_loss, micro_guide, micro_accuracy, batch_stats)), micro_grads = grad_fn(
           state.params, batch_stats, micro_batch, jax.random.fold_in(dropout_rng, index))
       grads = jax.tree.map(jnp.add, grads, micro_grads)
-      return (grads, batch_stats, loss + micro_loss, accuracy + micro_accuracy), None
+      return (grads, batch_stats, loss + micro_loss, guide + micro_guide,
+              accuracy + micro_accuracy), None
 
     zeros = jax.tree.map(jnp.zeros_like, state.params)
-    (grads, batch_stats, loss, accuracy), _ = jax.lax.scan(
-        accumulate, (zeros, state.batch_stats, jnp.float32(0), jnp.float32(0)),
+    (grads, batch_stats, loss, guide, accuracy), _ = jax.lax.scan(
+        accumulate, (zeros, state.batch_stats) + (jnp.float32(0),) * 3,
         (_micro_batches(batch, grad_accum_steps), jnp.arange(grad_accum_steps)))
 
   updated = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-  finite = _all_finite((loss, grads, updated.params, updated.batch_stats))
+  finite = _all_finite((loss, guide, grads, updated.params, updated.batch_stats))
   keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
   new_state = updated.replace(
       params=keep(updated.params, state.params),
@@ -289,7 +339,8 @@ def train_step(state: TrainState, batch, rng, *, label_smoothing: float, schedul
       skipped_in_a_row=jnp.where(finite, 0, state.skipped_in_a_row + 1))
   # Metrics take [1]-shaped outputs so that the mask leaves skipped steps out.
   step_metrics = TrainMetrics.single_from_model_output(
-      loss=loss[None], accuracy=accuracy[None], grad_norm=optax.tree.norm(grads)[None],
+      loss=loss[None], attention_loss=guide[None], accuracy=accuracy[None],
+      grad_norm=optax.tree.norm(grads)[None],
       learning_rate=schedule(state.step), mask=finite[None])
   return new_state, step_metrics
 
@@ -467,7 +518,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   rules = sharding.logical_rules(config.mesh)
   p_train_step = jax.jit(
       functools.partial(train_step, label_smoothing=config.train.label_smoothing,
-                        schedule=schedule, grad_accum_steps=accum),
+                        schedule=schedule, grad_accum_steps=accum,
+                        attention_loss_weight=config.train.attention_loss_weight,
+                        attention_sigma=config.train.attention_sigma,
+                        encoder_stride=resnet.encoder_stride(config.model.encoder_last_stride)),
       in_shardings=(state_shardings, batch_sharding, None),
       out_shardings=(state_shardings, None), donate_argnums=0)
   p_eval_step = jax.jit(eval_step, in_shardings=(state_shardings, batch_sharding))

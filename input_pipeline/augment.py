@@ -131,6 +131,13 @@ def warp(ink, content_box, seed, **kwargs) -> tf.Tensor:
   return warped[0, :, :, 0]
 
 
+def warp_points(points_yx, content_box, canvas_shape, seed, **kwargs) -> tf.Tensor:
+  """Where `warp` with the same arguments moves float32 points [N, 2] (y, x)."""
+  forward = warp_matrix(content_box, canvas_shape, seed, **kwargs)
+  xy = _apply(forward, tf.cast(points_yx[:, ::-1], tf.float64))
+  return tf.cast(xy[:, ::-1], tf.float32)
+
+
 def photometric(grey, seed) -> tf.Tensor:
   """Brightness/contrast and Gaussian noise on float32 grey levels [H, W] in [0, 1]."""
   seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=5)

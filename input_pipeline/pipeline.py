@@ -96,7 +96,11 @@ def curriculum_max_words(step, first: int, last: int, curriculum_steps: int):
 
 def make_synthetic_example(composer, data_config, seed: tuple[int, int], *, augment: bool,
                            global_batch: int = 0):
-  """Returns example index (int64 scalar) -> {"image": [H, W, 1] f32, "tokens": [T] i32, "text"}.
+  """Returns example index (int64 scalar) -> a dict of
+    image: float32 [H, W, 1]; tokens: int32 [T]; text: tf.string;
+    glyph_centres: float32 [T - 1, 2], (y, x) in image pixels of each target
+      token (tokens[1:]): every character and <EOS>, where the augmented
+      image shows it; zero for padding.
 
   With `global_batch` > 0 and data.curriculum_steps > 0, an example's page
   holds at most `curriculum_max_words` of its step (index // global_batch):
@@ -118,7 +122,13 @@ def make_synthetic_example(composer, data_config, seed: tuple[int, int], *, augm
     composed = composer.compose(compose_seed, word_cap)
     image = ink_to_image(composed["ink"], composed["content_box"], warp_seed, photometric_seed,
                          level=level, augment=augment, max_rotation=max_rotation)
-    return {"image": image, "tokens": tokenize(composed["text"]), "text": composed["text"]}
+    tokens = tokenize(composed["text"])
+    glyphs = composed["glyph_centres"]
+    if augment:
+      glyphs = augment_lib.warp_points(glyphs, composed["content_box"], composed["ink"].shape,
+                                       warp_seed, **_warp_options(level, max_rotation))
+    glyphs = tf.where((tokens[1:] != PAD_ID)[:, None], glyphs, 0.0)
+    return {"image": image, "tokens": tokens, "text": composed["text"], "glyph_centres": glyphs}
 
   return example
 
@@ -132,12 +142,16 @@ def ink_to_image(ink, content_box, warp_seed, photometric_seed, *, level: str, a
   then brightness/contrast and noise.
   """
   if augment:
-    ink = augment_lib.warp(ink, content_box, warp_seed, max_rotation=max_rotation,
-                           perspective=level == "form", random_placement=level == "form")
+    ink = augment_lib.warp(ink, content_box, warp_seed, **_warp_options(level, max_rotation))
     grey = augment_lib.photometric(1.0 - ink / 255.0, photometric_seed)
   else:
     grey = synthetic.ink_to_grey(ink)
   return normalize(grey)
+
+
+def _warp_options(level: str, max_rotation: float) -> dict:
+  return dict(max_rotation=max_rotation, perspective=level == "form",
+              random_placement=level == "form")
 
 
 def _per_process_batch_size(global_batch_size: int, process_count: int, field: str) -> int:
@@ -198,6 +212,8 @@ def create_datasets(config, *, process_index: int = 0, process_count: int = 1,
     image: float32 [b, H, W, 1], normalised; blank paper = `background_value()`.
     tokens: int32 [b, data.max_len], <SOS> ids <EOS> <PAD>....
     mask: float32 [b], 1 for real examples, 0 for padding.
+    glyph_centres: float32 [b, data.max_len - 1, 2], training batches only
+      and only with train.attention_loss_weight > 0 (make_synthetic_example).
   train_ds is infinite and starts at `start_step`; eval_ds holds the same
   eval.num_examples examples on every pass, its last batch padded with mask 0.
   """
@@ -226,10 +242,15 @@ def create_datasets(config, *, process_index: int = 0, process_count: int = 1,
       synthetic.SyntheticComposer(train_bank, config.data), config.data,
       (seed, _TRAIN_STREAM), augment=bool(config.data.augment), global_batch=global_batch)
 
+  guided = config.train.get("attention_loss_weight", 0) > 0
+
   def train_features(local):
     features = train_example(_global_index(local, train_batch, global_batch, process_index))
-    return {"image": features["image"], "tokens": features["tokens"],
-            "mask": tf.constant(1.0, tf.float32)}
+    batch = {"image": features["image"], "tokens": features["tokens"],
+             "mask": tf.constant(1.0, tf.float32)}
+    if guided:
+      batch["glyph_centres"] = features["glyph_centres"]
+    return batch
 
   train_ds = tf.data.Dataset.counter(start_step * train_batch, dtype=tf.int64)
   train_ds = train_ds.map(train_features, num_parallel_calls=calls, deterministic=True)

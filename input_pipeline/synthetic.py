@@ -25,6 +25,9 @@ LEVELS = ("form", "line", "word")
 PUNCTUATION = frozenset(",.;:!?")
 # The word height the config's pixel ranges are written for.
 REFERENCE_WORD_HEIGHT = 40
+# Height of the middle of the lower-case letters, as a fraction of the word height
+# (the baseline is at handwriting.BASELINE_FRACTION = 0.72).
+GLYPH_CENTRE_FRACTION = 0.6
 # Separators written before a word in the target text, by code.
 _SEPARATORS = ("", " ", "\n")
 _NO_SEPARATOR, _SPACE, _NEWLINE = 0, 1, 2
@@ -174,6 +177,8 @@ class SyntheticComposer:
       word_ids: int32 [max_words], bank index of each word drawn; -1 past `num_words`.
       num_words, num_lines: int32 scalars.
       content_box: int32 [4] (top, left, bottom, right) around all words.
+      glyph_centres: float32 [max_chars + 1, 2], (y, x) of each character of
+        the text and then of <EOS> (see `_glyph_centres`).
     """
     lay = self.layout
     height, width, word_height = lay.canvas_height, lay.canvas_width, lay.word_height
@@ -257,9 +262,46 @@ class SyntheticComposer:
     content_box = tf.stack([
         top, left, top + (num_lines - 1) * pitch + word_height,
         tf.reduce_max(tf.where(kept, lefts + word_widths, 0))])
+    glyphs = self._glyph_centres(separators, chars, tf.gather(self.lengths, ids), gaps,
+                                 tops, lefts, word_widths, num_words)
     return {"ink": ink, "text": text, "boxes": boxes,
             "word_ids": tf.where(kept, ids, -1), "num_words": num_words,
-            "num_lines": num_lines, "content_box": content_box}
+            "num_lines": num_lines, "content_box": content_box, "glyph_centres": glyphs}
+
+  def _glyph_centres(self, separators, chars, lengths, gaps, tops, lefts, widths, num_words):
+    """float32 [max_chars + 1, 2]: (y, x) on the canvas of each text character, then <EOS>.
+
+    A letter sits at its share of its word's width (letters are taken as
+    equally wide), at the middle of the lower-case letters. A space sits in
+    the gap before its word; a line break and <EOS> just right of the word
+    they follow. Rows past <EOS> are zero.
+    """
+    word_height = self.layout.word_height
+    position = tf.range(self.layout.max_chars + 1, dtype=tf.int32)
+    ends = tf.cumsum(chars[:num_words])
+    # Positions at and past the end of the text belong to <EOS>, after the last word.
+    word = tf.minimum(tf.searchsorted(ends, position, side="right"), num_words - 1)
+    offset = position - (tf.gather(ends, word) - tf.gather(chars, word))
+    has_separator = tf.gather(separators, word) != _NO_SEPARATOR
+    letter = offset - tf.cast(has_separator, tf.int32)
+    length = tf.cast(tf.gather(lengths, word), tf.float32)
+    letter_x = (tf.cast(tf.gather(lefts, word), tf.float32)
+                + (tf.cast(letter, tf.float32) + 0.5) / length
+                * tf.cast(tf.gather(widths, word), tf.float32))
+    # A separator or <EOS> follows word `before`.
+    is_eos = position >= tf.gather(ends, num_words - 1)
+    before = tf.where(is_eos, num_words - 1, tf.maximum(word - 1, 0))
+    is_space = ~is_eos & (tf.gather(separators, word) == _SPACE)
+    after_gap = tf.where(is_space, tf.cast(tf.gather(gaps, word), tf.float32) / 2.0,
+                         word_height / 4.0)
+    after_x = tf.cast(tf.gather(lefts, before) + tf.gather(widths, before), tf.float32) + after_gap
+    after = is_eos | (has_separator & (offset == 0))
+    x = tf.where(after, after_x, letter_x)
+    y = (tf.cast(tf.gather(tops, tf.where(after, before, word)), tf.float32)
+         + GLYPH_CENTRE_FRACTION * word_height)
+    centres = tf.stack([y, x], axis=1)
+    in_text = position <= tf.gather(ends, num_words - 1)
+    return tf.where(in_text[:, None], centres, 0.0)
 
   def _render(self, ids, lines, xs, word_widths, kept, num_words, num_lines, top, left, pitch):
     """uint8 [H, W] canvas by gathering strip columns: no scatter, no loop."""

@@ -42,6 +42,29 @@ def test_batches_have_the_documented_format(tiny_config):
     assert (tokens[eos + 1:] == tokenizer_lib.PAD_ID).all()
     # The same rule as the model's tokenizer, both ways.
     np.testing.assert_array_equal(tok.encode(tok.decode(tokens), max_len=t), tokens)
+  assert "glyph_centres" not in batch
+
+
+def test_guided_attention_batches_say_where_each_token_is(tiny_config):
+  tiny_config.train.attention_loss_weight = 1.0
+  batch = next(pipeline.create_datasets(tiny_config)[0].as_numpy_iterator())
+  data = tiny_config.data
+  centres = batch["glyph_centres"]
+  assert centres.shape == (8, data.max_len - 1, 2) and centres.dtype == np.float32
+  targets = batch["tokens"][:, 1:]
+  is_token = targets != tokenizer_lib.PAD_ID
+  assert (centres[~is_token] == 0).all()
+  # Every character and <EOS> lies on the page, on ink or beside it.
+  ys, xs = centres[is_token].T
+  assert (ys >= 0).all() and (ys < data.image_height).all()
+  assert (xs >= 0).all() and (xs < data.image_width).all()
+  ink = batch["image"][..., 0] < pipeline.background_value() - 0.5
+  separators = [tokenizer_lib.NUM_SPECIAL + data.charset.index(c) for c in " \n"]
+  letters = (targets >= tokenizer_lib.NUM_SPECIAL) & ~np.isin(targets, separators)
+  for b, t in zip(*np.nonzero(letters)):
+    y, x = np.round(centres[b, t]).astype(int)
+    near = ink[b, max(y - 8, 0):y + 9, max(x - 8, 0):x + 9]
+    assert near.any(), f"no ink near character {t} of example {b}"
 
 
 def test_tokens_are_the_composed_text(tiny_config, bank_cache_dir):

@@ -198,3 +198,50 @@ def test_augmented_form_keeps_its_ink(tiny_config, bank):
     grey = augment.photometric(1.0 - warped / 255.0, tf.constant([7, i]))
     assert grey.dtype == tf.float32 and grey.shape == (96, 160)
     assert float(tf.reduce_min(grey)) >= 0.0 and float(tf.reduce_max(grey)) <= 1.0
+
+
+def test_glyph_centres_sit_on_their_letters_and_between_words(tiny_config, bank):
+  config = form_config(tiny_config)
+  _, examples = compose_many(bank, config.data, num=8)
+  for example in examples:
+    n = example["num_words"]
+    boxes, text = example["boxes"][:n], example["text"].decode()
+    centres = example["glyph_centres"]
+    assert centres.shape == (config.data.max_len - 1, 2)
+    assert (centres[len(text) + 1:] == 0).all()
+    position = 0
+    for k, (word_id, (top, left, bottom, right)) in enumerate(zip(example["word_ids"][:n], boxes)):
+      if k and text[position] in " \n":
+        y, x = centres[position]
+        previous = boxes[k - 1]
+        # Right of the word before, on its line; a space also left of its word.
+        assert previous[0] <= y < previous[2] and x >= previous[3]
+        assert text[position] == "\n" or x <= left
+        position += 1
+      xs = []
+      for _ in str(bank.texts[word_id]):
+        y, x = centres[position]
+        assert top <= y < bottom and left <= x < right
+        xs.append(x)
+        position += 1
+      assert xs == sorted(xs)
+    assert position == len(text)
+    y, x = centres[position]  # <EOS>, right of the last word
+    assert boxes[-1][0] <= y < boxes[-1][2] and x >= boxes[-1][3]
+
+
+def test_warp_points_follow_the_ink():
+  height, width = 64, 96
+  box = tf.constant([8, 8, 56, 88], tf.int32)
+  options = dict(max_rotation=8.0, perspective=True, random_placement=True)
+  for i in range(8):
+    y, x = 14 + 5 * i, 12 + 9 * i
+    ink = np.zeros((height, width), np.float32)
+    ink[y - 1:y + 2, x - 1:x + 2] = 255.0
+    seed = tf.constant([i, 3])
+    warped = augment.warp(ink, box, seed, **options).numpy()
+    rows, cols = np.mgrid[:height, :width]
+    centroid = np.array([(rows * warped).sum(), (cols * warped).sum()]) / warped.sum()
+    point = augment.warp_points(tf.constant([[y, x]], tf.float32), box, (height, width), seed,
+                                **options).numpy()[0]
+    np.testing.assert_allclose(point, centroid, atol=0.3)

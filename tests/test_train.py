@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from fphtr_jax import checkpointing, sharding, train
+from fphtr_jax.models import resnet
 from fphtr_jax import tokenizer as tokenizer_lib
 from input_pipeline import pipeline
 
@@ -134,3 +135,49 @@ def test_command_line_error_names_the_field(tmp_path):
   assert result.returncode != 0
   assert "model.encoder='resnet99'" in result.stderr
 
+
+
+def test_attention_loss_is_lowest_when_attending_to_the_glyph():
+  image_shape, stride = (64, 128), (32, 16)  # a 2 x 8 grid of cells
+  glyph = np.array([[[40.0, 70.0]]], np.float32)  # in cell (1, 4)
+  weights = np.ones((1, 1), np.float32)
+
+  def loss(cell):
+    attention = np.full((1, 1, 16), 0.0 if cell is not None else 1 / 16, np.float32)
+    if cell is not None:
+      attention[0, 0, cell] = 1.0
+    return float(train.attention_loss(attention, glyph, weights, image_shape, stride, 1.0))
+
+  on_glyph, beside, uniform, far = loss(1 * 8 + 4), loss(1 * 8 + 5), loss(None), loss(0)
+  assert on_glyph < 0.05 and on_glyph < beside < uniform < far
+  # Tokens with weight 0 (padding) do not count.
+  attention = np.zeros((1, 2, 16), np.float32)
+  attention[0, :, 12] = 1.0
+  both = np.concatenate([glyph, np.zeros_like(glyph)], axis=1)
+  masked = train.attention_loss(attention, both, np.array([[1.0, 0.0]], np.float32), image_shape,
+                                stride, 1.0)
+  np.testing.assert_allclose(float(masked), on_glyph, rtol=1e-6)
+
+
+def test_guided_attention_learns_where_to_look(tiny_config):
+  tiny_config.train.attention_loss_weight = 1.0
+  tokenizer, mesh, model, state, shardings = _setup(tiny_config)
+  train_ds, _ = pipeline.create_datasets(tiny_config)
+  batch = next(train_ds.as_numpy_iterator())
+  _, schedule = train.create_optimizer(tiny_config.train)
+  step = jax.jit(functools.partial(
+      train.train_step, label_smoothing=0.0, schedule=schedule, attention_loss_weight=1.0,
+      encoder_stride=resnet.encoder_stride(tiny_config.model.encoder_last_stride)))
+  unguided = jax.jit(functools.partial(train.train_step, label_smoothing=0.0, schedule=schedule))
+  history = []
+  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.logical_rules(tiny_config.mesh)):
+    global_batch = sharding.put_batch(batch, mesh)
+    # The reported loss is the token loss alone, as without guidance.
+    _, plain = unguided(state, global_batch, jax.random.key(1))
+    for _ in range(25):
+      state, metrics = step(state, global_batch, jax.random.key(1))
+      history.append(metrics.compute())
+  np.testing.assert_allclose(history[0]["loss"], plain.compute()["loss"], rtol=1e-5)
+  assert float(plain.compute()["attention_loss"]) == 0.0
+  first, last = history[0]["attention_loss"], history[-1]["attention_loss"]
+  assert 0 < last < 0.7 * first, (first, last)
