@@ -2,6 +2,11 @@ r"""FPHTR train-step time: the compiled JAX step beside the reference PyTorch mo
 
   python -m benchmarks.train_step [--cases=resnet18_line,resnet34_page] [--steps=10]
       [--warmup=2] [--notorch] [--dtype=bfloat16] [--rng_impl=unsafe_rbg]
+  python -m benchmarks.train_step --config=configs/fullpage.py [--config.model.dtype=bfloat16]
+
+With --config, the one case timed is that config's own step (model, image
+size, batch, tokens, loss settings), JAX only: e.g. a recipe's step time on
+an accelerator. On a GPU the line also holds the device's peak memory.
 
 The model is configs/default.py's (d_model 260, 6 post-norm layers, 4 heads,
 MLP 1024, dropout 0.1, Adam 2e-4, its charset) with the case's encoder, image
@@ -32,11 +37,13 @@ import numpy as np
 from absl import app
 from absl import flags
 from flax import traverse_util
+from ml_collections import config_flags
 
 from configs import default
 from fphtr_jax import sharding
 from fphtr_jax import tokenizer as tokenizer_lib
 from fphtr_jax import train
+from fphtr_jax.models import resnet
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +79,9 @@ _DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"],
 _RNG_IMPL = flags.DEFINE_string("rng_impl", None,
                                 "JAX PRNG for dropout (train.rng_impl); default: the config's.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the random batch.")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Time this config's own train step instead of --cases (JAX only).",
+    lock_config=False)
 
 
 def case_config(case: Case):
@@ -88,8 +98,17 @@ def case_config(case: Case):
   return config
 
 
-def random_batch(case: Case, vocab_size: int, seed: int) -> dict:
-  """Random images and token rows `<SOS> chars <EOS> <PAD>...` filling 75-100%."""
+def config_case(config) -> Case:
+  d = config.data
+  return Case(config.model.encoder, batch=config.train.batch_size, height=d.image_height,
+              width=d.image_width, tokens=d.max_len)
+
+
+def random_batch(case: Case, vocab_size: int, seed: int, glyphs: bool = False) -> dict:
+  """Random images and token rows `<SOS> chars <EOS> <PAD>...` filling 75-100%.
+
+  glyphs: also random glyph centres on the image (for guided attention).
+  """
   rng = np.random.default_rng(seed)
   images = rng.normal(size=(case.batch, case.height, case.width, 1)).astype(np.float32)
   tokens = np.full((case.batch, case.tokens), tokenizer_lib.PAD_ID, np.int32)
@@ -98,7 +117,12 @@ def random_batch(case: Case, vocab_size: int, seed: int) -> dict:
     row[0] = tokenizer_lib.SOS_ID
     row[1:length] = rng.integers(tokenizer_lib.NUM_SPECIAL, vocab_size, size=length - 1)
     row[length] = tokenizer_lib.EOS_ID
-  return {"image": images, "tokens": tokens}
+  batch = {"image": images, "tokens": tokens}
+  if glyphs:
+    size = np.array([case.height, case.width], np.float32)
+    batch["glyph_centres"] = (rng.uniform(size=(case.batch, case.tokens - 1, 2)) * size).astype(
+        np.float32)
+  return batch
 
 
 def param_counts(params) -> dict:
@@ -124,9 +148,12 @@ class JaxStep:
     model = train.create_model(config, tokenizer)
     self.state, state_shardings = train.create_train_state(config, model, self.mesh, init_rng)
     _, schedule = train.create_optimizer(config.train)
+    t = config.train
     step = jax.jit(
-        functools.partial(train.train_step, label_smoothing=config.train.label_smoothing,
-                          schedule=schedule),
+        functools.partial(train.train_step, label_smoothing=t.label_smoothing, schedule=schedule,
+                          attention_loss_weight=t.attention_loss_weight,
+                          attention_sigma=t.attention_sigma,
+                          encoder_stride=resnet.encoder_stride(config.model.encoder_last_stride)),
         in_shardings=(state_shardings, sharding.batch_sharding(self.mesh), None),
         out_shardings=(state_shardings, None), donate_argnums=0)
     # The model's logical sharding constraints resolve while tracing.
@@ -186,11 +213,12 @@ def _seconds(fn) -> tuple[float, float]:
   return time.perf_counter() - start, time.process_time() - start_cpu
 
 
-def run_case(name: str, case: Case, with_torch: bool) -> dict:
-  config = case_config(case)
+def run_case(name: str, case: Case, with_torch: bool, config=None) -> dict:
+  config = config or case_config(case)
   train.validate_config(config)
   vocab_size = tokenizer_lib.Tokenizer(config.data.charset).vocab_size
-  batch = random_batch(case, vocab_size, _SEED.value)
+  batch = random_batch(case, vocab_size, _SEED.value,
+                       glyphs=config.train.attention_loss_weight > 0)
   jax_step = JaxStep(config, batch)
   torch_step = TorchStep(config, batch) if with_torch else None
   steps = [jax_step] + ([torch_step] if torch_step else [])
@@ -213,7 +241,7 @@ def run_case(name: str, case: Case, with_torch: bool) -> dict:
   result = {
       "case": name, "encoder": case.encoder, "batch": case.batch, "height": case.height,
       "width": case.width, "tokens": case.tokens,
-      "memory_len": -(-case.height // train.ENCODER_STRIDE) * -(-case.width // train.ENCODER_STRIDE),
+      "memory_len": memory_len(case, config),
       "dtype": config.model.dtype, "rng_impl": config.train.rng_impl,
       "backend": jax.default_backend(), "steps": _STEPS.value,
       "jax_compile_s": round(jax_step.compile_s, 2),
@@ -232,6 +260,7 @@ def run_case(name: str, case: Case, with_torch: bool) -> dict:
       "torch_cpu_s": round(torch_cpu_s, 4) if torch_s else None,
       "speedup_vs_torch_cpu": round(torch_cpu_s / jax_cpu_s, 3) if torch_s else None,
       "load_avg": round(os.getloadavg()[0], 2),
+      "peak_memory_gib": peak_memory_gib(),
       **param_counts(jax_step.state.params),
   }
   result.update(torch_step.params if torch_step else dict.fromkeys(
@@ -239,8 +268,28 @@ def run_case(name: str, case: Case, with_torch: bool) -> dict:
   return result
 
 
+def memory_len(case: Case, config) -> int:
+  stride_h, stride_w = resnet.encoder_stride(config.model.encoder_last_stride)
+  return -(-case.height // stride_h) * -(-case.width // stride_w)
+
+
+def peak_memory_gib() -> float | None:
+  """Peak memory of the first device, where the backend reports it (GPU, TPU)."""
+  stats = jax.local_devices()[0].memory_stats() or {}
+  peak = stats.get("peak_bytes_in_use")
+  return round(peak / 2**30, 2) if peak is not None else None
+
+
 def main(argv):
   del argv
+  if _CONFIG.value is not None:
+    if _DTYPE.value:
+      _CONFIG.value.model.dtype = _DTYPE.value
+    if _RNG_IMPL.value:
+      _CONFIG.value.train.rng_impl = _RNG_IMPL.value
+    config = _CONFIG.value
+    print(json.dumps(run_case("config", config_case(config), False, config)), flush=True)
+    return
   unknown = [name for name in _CASES.value if name not in CASES]
   if unknown:
     raise app.UsageError(f"--cases has unknown cases {unknown}; choose from {list(CASES)}.")
