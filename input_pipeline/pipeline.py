@@ -434,13 +434,15 @@ def create_iam_train_dataset(config, *, process_index: int, process_count: int,
 
   def features(index, record):
     png, text = record
+    def image_and_tokens(example):
+      return {"image": example["image"], "tokens": example["tokens"]}
+
     if proba <= 0.0:
       chosen = real_example(index, png, text)
     else:
-      chosen = tf.cond(
-          synthetic_choice(seed, index, proba),
-          lambda: {k: v for k, v in synthetic_example(index).items() if k != "text"},
-          lambda: {k: v for k, v in real_example(index, png, text).items() if k != "text"})
+      chosen = tf.cond(synthetic_choice(seed, index, proba),
+                       lambda: image_and_tokens(synthetic_example(index)),
+                       lambda: image_and_tokens(real_example(index, png, text)))
     return {"image": chosen["image"], "tokens": chosen["tokens"],
             "mask": tf.constant(1.0, tf.float32)}
 
