@@ -95,12 +95,12 @@ def curriculum_max_words(step, first: int, last: int, curriculum_steps: int):
 
 
 def make_synthetic_example(composer, data_config, seed: tuple[int, int], *, augment: bool,
-                           global_batch: int = 0):
+                           global_batch: int = 0, glyph_centres: bool = False):
   """Returns example index (int64 scalar) -> a dict of
     image: float32 [H, W, 1]; tokens: int32 [T]; text: tf.string;
-    glyph_centres: float32 [T - 1, 2], (y, x) in image pixels of each target
-      token (tokens[1:]): every character and <EOS>, where the augmented
-      image shows it; zero for padding.
+    glyph_centres (only if asked): float32 [T - 1, 2], (y, x) in image pixels
+      of each target token (tokens[1:]): every character and <EOS>, where the
+      augmented image shows it; zero for padding.
 
   With `global_batch` > 0 and data.curriculum_steps > 0, an example's page
   holds at most `curriculum_max_words` of its step (index // global_batch):
@@ -122,13 +122,15 @@ def make_synthetic_example(composer, data_config, seed: tuple[int, int], *, augm
     composed = composer.compose(compose_seed, word_cap)
     image = ink_to_image(composed["ink"], composed["content_box"], warp_seed, photometric_seed,
                          level=level, augment=augment, max_rotation=max_rotation)
-    tokens = tokenize(composed["text"])
-    glyphs = composed["glyph_centres"]
-    if augment:
-      glyphs = augment_lib.warp_points(glyphs, composed["content_box"], composed["ink"].shape,
-                                       warp_seed, **_warp_options(level, max_rotation))
-    glyphs = tf.where((tokens[1:] != PAD_ID)[:, None], glyphs, 0.0)
-    return {"image": image, "tokens": tokens, "text": composed["text"], "glyph_centres": glyphs}
+    features = {"image": image, "tokens": tokenize(composed["text"]), "text": composed["text"]}
+    if glyph_centres:
+      glyphs = composed["glyph_centres"]
+      if augment:
+        glyphs = augment_lib.warp_points(glyphs, composed["content_box"], composed["ink"].shape,
+                                         warp_seed, **_warp_options(level, max_rotation))
+      is_token = features["tokens"][1:] != PAD_ID
+      features["glyph_centres"] = tf.where(is_token[:, None], glyphs, 0.0)
+    return features
 
   return example
 
@@ -238,11 +240,11 @@ def create_datasets(config, *, process_index: int = 0, process_count: int = 1,
 
   # --- Training: an infinite stream, from `start_step` on. -------------------
   global_batch = int(config.train.batch_size)
+  guided = config.train.get("attention_loss_weight", 0) > 0
   train_example = make_synthetic_example(
       synthetic.SyntheticComposer(train_bank, config.data), config.data,
-      (seed, _TRAIN_STREAM), augment=bool(config.data.augment), global_batch=global_batch)
-
-  guided = config.train.get("attention_loss_weight", 0) > 0
+      (seed, _TRAIN_STREAM), augment=bool(config.data.augment), global_batch=global_batch,
+      glyph_centres=guided)
 
   def train_features(local):
     features = train_example(_global_index(local, train_batch, global_batch, process_index))
@@ -434,15 +436,13 @@ def create_iam_train_dataset(config, *, process_index: int, process_count: int,
 
   def features(index, record):
     png, text = record
-    def image_and_tokens(example):
-      return {"image": example["image"], "tokens": example["tokens"]}
-
     if proba <= 0.0:
       chosen = real_example(index, png, text)
     else:
-      chosen = tf.cond(synthetic_choice(seed, index, proba),
-                       lambda: image_and_tokens(synthetic_example(index)),
-                       lambda: image_and_tokens(real_example(index, png, text)))
+      chosen = tf.cond(
+          synthetic_choice(seed, index, proba),
+          lambda: {k: v for k, v in synthetic_example(index).items() if k != "text"},
+          lambda: {k: v for k, v in real_example(index, png, text).items() if k != "text"})
     return {"image": chosen["image"], "tokens": chosen["tokens"],
             "mask": tf.constant(1.0, tf.float32)}
 
