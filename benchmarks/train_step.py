@@ -25,7 +25,6 @@ steps; the JAX step is timed until its outputs are ready (block_until_ready).
 """
 
 import dataclasses
-import functools
 import json
 import os
 import statistics
@@ -147,13 +146,8 @@ class JaxStep:
     init_rng, self.dropout_rng = jax.random.split(rng)
     model = train.create_model(config, tokenizer)
     self.state, state_shardings = train.create_train_state(config, model, self.mesh, init_rng)
-    _, schedule = train.create_optimizer(config.train)
-    t = config.train
     step = jax.jit(
-        functools.partial(train.train_step, label_smoothing=t.label_smoothing, schedule=schedule,
-                          attention_loss_weight=t.attention_loss_weight,
-                          attention_sigma=t.attention_sigma,
-                          encoder_stride=resnet.encoder_stride(config.model.encoder_last_stride)),
+        train.configured_train_step(config),
         in_shardings=(state_shardings, sharding.batch_sharding(self.mesh), None),
         out_shardings=(state_shardings, None), donate_argnums=0)
     # The model's logical sharding constraints resolve while tracing.

@@ -50,6 +50,9 @@ def get_config():
   # training page grow linearly from words_per_line's low end (one line) to
   # words_per_form's high end; 0 = pages as words_per_form from the start.
   config.data.curriculum_steps = 0
+  # Share of training pages written as a single line of words_per_line words,
+  # so that a model of pages also learns where a one-line page ends.
+  config.data.single_line_pages = 0.0
   # Page layout, (lo, hi) in pixels at a word height of 40 px (IAM at half
   # resolution: the reference recipe's full-resolution numbers halved); scaled
   # by word_height / 40. Page margins also shrink to at most 1/8 of the canvas.
@@ -72,6 +75,10 @@ def get_config():
   config.data.heldout_fonts = ()  # font file stems kept for the eval split
   config.data.words_per_writer = (200, 400)  # >= the most words on a form
   config.data.bank_seed = 0  # another seed renders another bank
+  # Training words stray from their font's shapes (smooth random bends, and
+  # letters of varied size and height): std of the bend / x-height, about 0.1
+  # for a strong augmentation; 0 = the fonts exactly. Eval words never bend.
+  config.data.shape_distortion = 0.0
   config.data.skip_unknown_chars = False  # skip text_file words not in charset
   config.data.num_parallel_calls = -1  # -1 = all cores (tf.data AUTOTUNE)
   config.data.prefetch = 2

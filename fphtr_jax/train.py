@@ -109,6 +109,8 @@ def validate_config(config: ml_collections.ConfigDict):
     _require(d[field] >= stride, f"data.{field}", d[field],
              f"at least {stride} pixels (the encoder's stride)")
   _require(d.curriculum_steps >= 0, "data.curriculum_steps", d.curriculum_steps, "0 or more")
+  _require(0 <= d.single_line_pages <= 1, "data.single_line_pages", d.single_line_pages,
+           "a share in [0, 1]")
   _require(d.max_image_pixels > 0, "data.max_image_pixels", d.max_image_pixels,
            "a positive number of pixels")
   _require(d.max_len >= 3, "data.max_len", d.max_len, "at least 3 (<SOS>, a character, <EOS>)")
@@ -262,6 +264,17 @@ def _micro_batches(batch, num_micro: int):
 
 def _all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(tree)]))
+
+
+def configured_train_step(config: ml_collections.ConfigDict):
+  """`train_step` with config.train's loss, schedule and accumulation bound in."""
+  t = config.train
+  _, schedule = create_optimizer(t)
+  return functools.partial(
+      train_step, label_smoothing=t.label_smoothing, schedule=schedule,
+      grad_accum_steps=t.grad_accum_steps, attention_loss_weight=t.attention_loss_weight,
+      attention_sigma=t.attention_sigma,
+      encoder_stride=resnet.encoder_stride(config.model.encoder_last_stride))
 
 
 def train_step(state: TrainState, batch, rng, *, label_smoothing: float, schedule,
@@ -513,15 +526,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
       start_step=start_step)
   train_iter = train_ds.as_numpy_iterator()
 
-  _, schedule = create_optimizer(config.train)
   batch_sharding = sharding.batch_sharding(mesh)
   rules = sharding.logical_rules(config.mesh)
   p_train_step = jax.jit(
-      functools.partial(train_step, label_smoothing=config.train.label_smoothing,
-                        schedule=schedule, grad_accum_steps=accum,
-                        attention_loss_weight=config.train.attention_loss_weight,
-                        attention_sigma=config.train.attention_sigma,
-                        encoder_stride=resnet.encoder_stride(config.model.encoder_last_stride)),
+      configured_train_step(config),
       in_shardings=(state_shardings, batch_sharding, None),
       out_shardings=(state_shardings, None), donate_argnums=0)
   p_eval_step = jax.jit(eval_step, in_shardings=(state_shardings, batch_sharding))

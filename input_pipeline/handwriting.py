@@ -142,6 +142,10 @@ class WriterStyle:
   wobble: float  # amplitude of the wavy baseline, / word_height
   wobble_period: float  # wavelength of the wavy baseline, / word_height
   weight: float | None = None  # "wght" axis of a variable font
+  # How far each word's letters stray from the font's shapes: std of a smooth
+  # random displacement of the ink, / x-height (letters of TTF fonts also vary
+  # in size and height by a part of it). 0 = the font's shapes exactly.
+  distortion: float = 0.0
 
 
 def baseline_row(word_height: int) -> int:
@@ -237,7 +241,7 @@ def _hershey_font(name: str):
   return font.all_glyphs, float(font.render_options["base_line"])
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=512)
 def _truetype(path: str, size: int, weight: float | None):
   font = ImageFont.truetype(path, size)
   if weight is not None:
@@ -325,19 +329,61 @@ def _is_joined(font: FontSource, metrics: FontMetrics) -> bool:
 # --- Rendering ---------------------------------------------------------------
 
 
-def _ttf_layout(text, style, scale, spacing, stroke):
-  """(ink bbox around the pen origin on the baseline, draw function)."""
+def _ttf_layout(text, style, scale, spacing, stroke, jitter):
+  """(ink bbox around the pen origin on the baseline, draw function).
+
+  jitter: float [len(text), 3], standard normal; with `style.distortion` > 0,
+  each letter's size and height vary by it (no two letters alike).
+  """
   font = _truetype(style.font.path, max(1, round(scale)), style.weight)
-  xs = [font.getlength(text[:i]) + i * spacing for i in range(len(text))]
-  boxes = [font.getbbox(c, anchor="ls", stroke_width=stroke) for c in text]
-  bbox = (min(x + b[0] for x, b in zip(xs, boxes)), min(b[1] for b in boxes),
-          max(x + b[2] for x, b in zip(xs, boxes)), max(b[3] for b in boxes))
+  if style.distortion > 0:
+    fonts = [_truetype(style.font.path,
+                       max(1, round(scale * (1 + 0.5 * style.distortion * size))),
+                       style.weight) for size, _, _ in jitter]
+    advances = [f.getlength(c) + spacing for f, c in zip(fonts, text)]
+    xs = np.concatenate([[0.0], np.cumsum(advances)[:-1]])
+    lifts = 0.25 * style.distortion * scale * jitter[:, 2]
+  else:  # the font's own layout, kerning included
+    fonts = [font] * len(text)
+    xs = [font.getlength(text[:i]) + i * spacing for i in range(len(text))]
+    lifts = [0] * len(text)
+  boxes = [f.getbbox(c, anchor="ls", stroke_width=stroke)
+           for f, c in zip(fonts, text)]
+  bbox = (min(x + b[0] for x, b in zip(xs, boxes)),
+          min(b[1] - y for y, b in zip(lifts, boxes)),
+          max(x + b[2] for x, b in zip(xs, boxes)),
+          max(b[3] - y for y, b in zip(lifts, boxes)))
 
   def draw(canvas, x0, y0):
-    for x, c in zip(xs, text):
-      canvas.text((x0 + x, y0), c, font=font, anchor="ls", fill=255,
+    for x, y, f, c in zip(xs, lifts, fonts, text):
+      canvas.text((x0 + x, y0 - y), c, font=f, anchor="ls", fill=255,
                   stroke_width=stroke, stroke_fill=255)
   return bbox, draw
+
+
+def _smooth_field(rng, shape, cell: float, std: float) -> np.ndarray:
+  """float32 [2, *shape]: a random displacement, smooth over `cell` pixels."""
+  height, width = shape
+  grid = (math.ceil(height / cell) + 3, math.ceil(width / cell) + 3)
+  field = []
+  for knots in std * rng.standard_normal((2, *grid)):
+    upsampled = Image.fromarray(knots.astype(np.float32), mode="F").resize(
+        (round((grid[1] - 1) * cell), round((grid[0] - 1) * cell)),
+        Image.Resampling.BICUBIC)
+    field.append(np.asarray(upsampled)[:height, :width])
+  return np.stack(field)
+
+
+def _sample(image: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+  """`image` at fractional (rows, cols), bilinear; 0 outside."""
+  padded = np.pad(image, 1)
+  rows = np.clip(rows + 1, 0, padded.shape[0] - 1.001)
+  cols = np.clip(cols + 1, 0, padded.shape[1] - 1.001)
+  r0, c0 = np.floor(rows).astype(int), np.floor(cols).astype(int)
+  fr, fc = rows - r0, cols - c0
+  top = padded[r0, c0] * (1 - fc) + padded[r0, c0 + 1] * fc
+  bottom = padded[r0 + 1, c0] * (1 - fc) + padded[r0 + 1, c0 + 1] * fc
+  return top * (1 - fr) + bottom * fr
 
 
 def _hershey_layout(text, style, scale, spacing, pen, jitter):
@@ -375,7 +421,7 @@ def _hershey_layout(text, style, scale, spacing, pen, jitter):
 
 
 def _draw_word(text, style, word_height, metrics, x_height, width_scale, slant,
-               shift, phase, jitter):
+               shift, phase, jitter, rng=None):
   """float32 [word_height, W] ink coverage in [0, 1], before cropping."""
   ss = _SUPERSAMPLE
   height = word_height * ss
@@ -392,7 +438,8 @@ def _draw_word(text, style, word_height, metrics, x_height, width_scale, slant,
         text, style, s, style.spacing * s * _HERSHEY_UNITS_PER_EM, pen, jitter)
   else:
     outline = round(style.stroke * height / 2)
-    layout = lambda s: _ttf_layout(text, style, s, style.spacing * s, outline)
+    layout = lambda s: _ttf_layout(  # pylint: disable=g-long-lambda
+        text, style, s, style.spacing * s, outline, jitter)
   bbox, draw = layout(scale)
   # A swash capital or a tall mark would be cut off: shrink just this word.
   for _ in range(2):
@@ -425,12 +472,20 @@ def _draw_word(text, style, word_height, metrics, x_height, width_scale, slant,
   coverage = np.asarray(image, np.float32)[:height] / 255
   # Wavy baseline: shift every column up or down by a smooth offset.
   columns = np.arange(width)
-  offsets = np.round(shift + wobble * np.sin(
-      2 * np.pi * columns / (style.wobble_period * height) + phase)).astype(int)
-  rows = np.arange(height)[:, None] - offsets[None, :]
-  inside = (rows >= 0) & (rows < height)
-  coverage = np.where(inside, coverage[np.clip(rows, 0, height - 1), columns],
-                      0)
+  offsets = shift + wobble * np.sin(
+      2 * np.pi * columns / (style.wobble_period * height) + phase)
+  if style.distortion > 0:
+    # Bend the letters: sample the ink through a smooth random displacement.
+    x_height_px = x_height * height
+    dy, dx = _smooth_field(rng, (height, width), x_height_px,
+                           style.distortion * x_height_px)
+    rows = np.arange(height)[:, None] - offsets[None, :] + dy
+    coverage = _sample(coverage, rows, columns[None, :] + dx)
+  else:
+    rows = np.arange(height)[:, None] - np.round(offsets).astype(int)[None, :]
+    inside = (rows >= 0) & (rows < height)
+    coverage = np.where(inside,
+                        coverage[np.clip(rows, 0, height - 1), columns], 0)
   return coverage.reshape(word_height, ss, width // ss, ss).mean(axis=(1, 3))
 
 
@@ -465,7 +520,7 @@ def render_word(text: str, style: WriterStyle, word_height: int,
   ink = np.clip(style.ink * (1 + 0.06 * rng.standard_normal()), 0.35, 1.0)
   jitter = rng.standard_normal((len(text), 3))
   coverage = _draw_word(text, style, word_height, metrics, x_height,
-                        width_scale, slant, shift, phase, jitter)
+                        width_scale, slant, shift, phase, jitter, rng)
 
   inked = np.flatnonzero(coverage.max(axis=0) > 0.03)
   if len(inked) == 0:
@@ -484,8 +539,13 @@ def render_word(text: str, style: WriterStyle, word_height: int,
 
 
 def sample_writer_style(font: FontSource, metrics: FontMetrics,
-                        rng: np.random.Generator) -> WriterStyle:
-  """Draws the fixed style of a new writer who writes with `font`."""
+                        rng: np.random.Generator,
+                        distortion: float = 0.0) -> WriterStyle:
+  """Draws the fixed style of a new writer who writes with `font`.
+
+  distortion: the writers' mean `WriterStyle.distortion`; each draws 0.5 to
+  1.5 times it (none with 0).
+  """
   weights = _weight_range(font)
   if font.hershey is not None:
     stroke = rng.uniform(0.025, 0.055)  # pen width
@@ -506,7 +566,8 @@ def sample_writer_style(font: FontSource, metrics: FontMetrics,
       ink_texture=float(rng.uniform(0.0, 0.35)),
       wobble=float(rng.uniform(0.0, 0.02)),
       wobble_period=float(rng.uniform(2.0, 6.0)),
-      weight=None if weights is None else float(rng.uniform(*weights)))
+      weight=None if weights is None else float(rng.uniform(*weights)),
+      distortion=float(distortion * rng.uniform(0.5, 1.5)) if distortion else 0.0)
 
 
 # --- Words -------------------------------------------------------------------
@@ -713,12 +774,16 @@ def _bank_options(data_config) -> dict:
       words_per_writer=tuple(data_config.get("words_per_writer")
                              or _DEFAULT_WORDS_PER_WRITER),
       bank_seed=int(data_config.get("bank_seed") or 0),
-      skip_unknown_chars=bool(data_config.get("skip_unknown_chars")))
+      skip_unknown_chars=bool(data_config.get("skip_unknown_chars")),
+      shape_distortion=float(data_config.get("shape_distortion") or 0.0))
   if isinstance(options["font_paths"], (list, tuple)):
     options["font_paths"] = [str(p) for p in options["font_paths"]]
   if options["bank_size"] < 1:
     raise ValueError(
         f"data.bank_size must be >= 1, got {options['bank_size']}.")
+  if not 0 <= options["shape_distortion"] <= 0.5:
+    raise ValueError("data.shape_distortion must be in [0, 0.5], got "
+                     f"{options['shape_distortion']}.")
   if options["word_height"] < 8:
     raise ValueError(
         f"data.word_height must be >= 8, got {options['word_height']}.")
@@ -743,6 +808,11 @@ def _split_fonts(fonts: list[FontSource], heldout: Sequence[str],
                        "no font for training.")
     return chosen
   return [f for f in fonts if f.name in heldout] if heldout else fonts
+
+
+def _distortion(options: dict, split: str) -> float:
+  """data.shape_distortion is a training augmentation: eval keeps the fonts."""
+  return options["shape_distortion"] if split == "train" else 0.0
 
 
 def _writer_quotas(bank_size: int, words_per_writer: Sequence[int],
@@ -856,7 +926,8 @@ def build_word_bank(data_config, split: str = "train",
   styles = []
   for writer_id in range(len(quotas)):
     font = fonts[font_order[writer_id % len(fonts)]]
-    styles.append(sample_writer_style(font, metrics[font.name], rng))
+    styles.append(sample_writer_style(font, metrics[font.name], rng,
+                                      _distortion(options, split)))
   coverage = {name: m.coverage for name, m in metrics.items()}
   assignments = _assign_words(stream, styles, quotas, coverage)
 
@@ -945,6 +1016,7 @@ def _cache_key(data_config, split: str) -> str:
     raise ValueError(f"data.text_file: {text_file} does not exist.")
   inputs = dict(
       options,
+      shape_distortion=_distortion(options, split),
       font_paths=[
           (f.name, f.hershey, _file_digest(f.path) if f.path else
            importlib.metadata.version("Hershey-Fonts"))

@@ -105,11 +105,15 @@ def make_synthetic_example(composer, data_config, seed: tuple[int, int], *, augm
   With `global_batch` > 0 and data.curriculum_steps > 0, an example's page
   holds at most `curriculum_max_words` of its step (index // global_batch):
   from data.words_per_line's low end (one line) to the layout's most words.
+  A share data.single_line_pages of them (training only) is instead one line
+  of data.words_per_line words, so that a page may also end after one line.
   """
   tokenize = make_tokenize(data_config.charset, int(data_config.max_len))
   level = composer.layout.level
   max_rotation = float(data_config.max_rotation)
   curriculum_steps = int(data_config.curriculum_steps) if global_batch > 0 else 0
+  single_line_pages = float(data_config.get("single_line_pages", 0.0)) if global_batch > 0 else 0.0
+  line_words = tuple(int(n) for n in data_config.words_per_line)
 
   def example(index):
     example_seed = tf.random.experimental.stateless_fold_in(tf.constant(seed, tf.int64), index)
@@ -119,6 +123,13 @@ def make_synthetic_example(composer, data_config, seed: tuple[int, int], *, augm
     if curriculum_steps:
       word_cap = curriculum_max_words(index // global_batch, int(data_config.words_per_line[0]),
                                        composer.layout.num_words[1], curriculum_steps)
+    if single_line_pages:
+      line_seed = tf.random.experimental.stateless_fold_in(example_seed, 1)
+      one_line = tf.random.stateless_uniform([], line_seed) < single_line_pages
+      line_cap = tf.random.stateless_uniform([], line_seed[::-1], line_words[0], line_words[1] + 1,
+                                             dtype=tf.int32)
+      word_cap = tf.where(one_line, line_cap,
+                          composer.layout.num_words[1] if word_cap is None else word_cap)
     composed = composer.compose(compose_seed, word_cap)
     image = ink_to_image(composed["ink"], composed["content_box"], warp_seed, photometric_seed,
                          level=level, augment=augment, max_rotation=max_rotation)

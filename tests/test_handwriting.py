@@ -1,5 +1,6 @@
 """Tests for input_pipeline/handwriting.py: real fonts, real rendering."""
 
+import dataclasses
 import pathlib
 import shutil
 import subprocess
@@ -157,6 +158,50 @@ def test_heldout_fonts_make_the_eval_split(tmp_path):
   config.heldout_fonts = ("NoSuchFont",)
   with pytest.raises(ValueError, match="NoSuchFont"):
     handwriting.load_word_bank(config, "train")
+
+
+def test_shape_distortion_bends_training_words_only(tmp_path):
+  heldout = ("Zeyada",)
+  plain = _data_config(tmp_path, heldout_fonts=heldout, bank_size=120)
+  bent = _data_config(tmp_path, heldout_fonts=heldout, bank_size=120,
+                      shape_distortion=0.15)
+  train_plain = handwriting.build_word_bank(plain, "train")
+  train_bent = handwriting.build_word_bank(bent, "train")
+  # The same words by writers of the same fonts, in other shapes.
+  assert train_bent.texts.tolist() == train_plain.texts.tolist()
+  assert train_bent.font_names == train_plain.font_names
+  for i in range(len(train_plain)):
+    a, b = train_plain.word_image(i), train_bent.word_image(i)
+    assert a.shape != b.shape or not np.array_equal(a, b)
+    assert b.max() > 128
+  # The eval split keeps the fonts' shapes: the very same bank and cache file.
+  eval_plain = handwriting.build_word_bank(plain, "eval")
+  eval_bent = handwriting.build_word_bank(bent, "eval")
+  assert eval_bent.strip.tobytes() == eval_plain.strip.tobytes()
+  assert (handwriting.word_bank_path(bent, "eval")
+          == handwriting.word_bank_path(plain, "eval"))
+  assert (handwriting.word_bank_path(bent, "train")
+          != handwriting.word_bank_path(plain, "train"))
+  bent.shape_distortion = 0.9
+  with pytest.raises(ValueError, match="shape_distortion"):
+    handwriting.build_word_bank(bent, "train")
+
+
+@pytest.mark.parametrize("stem", ["Caveat[wght]", "hershey-scripts"])
+def test_distorted_words_keep_their_ink_and_baseline(stem):
+  font = next(f for f in handwriting.list_default_fonts() if f.name == stem)
+  metrics = handwriting.font_metrics(font, "handwritig")
+  style = handwriting.sample_writer_style(font, metrics, np.random.default_rng(3))
+  bent = dataclasses.replace(style, distortion=0.15)
+  row = handwriting.baseline_row(40)
+  for seed in range(4):
+    plain = handwriting.render_word("handwriting", style, 40, np.random.default_rng(seed), metrics)
+    again = handwriting.render_word("handwriting", bent, 40, np.random.default_rng(seed), metrics)
+    assert not np.array_equal(plain[:, :again.shape[1]], again[:, :plain.shape[1]])
+    # About the same ink, about as wide, still on the baseline.
+    assert 0.7 < again.sum(dtype=float) / plain.sum(dtype=float) < 1.4
+    assert 0.8 < again.shape[1] / plain.shape[1] < 1.25
+    assert again[row - 2:row + 1].max() > 64
 
 
 def test_glyph_coverage_of_real_fonts():

@@ -119,6 +119,16 @@ def test_curriculum_grows_the_pages(tiny_config):
   # Off, the pages are words_per_form's from the first step.
   config.data.curriculum_steps = 0
   assert min(words_per_page(0)) >= 2
+  # Single-line pages: one line of words_per_line's words, in training only.
+  config.data.single_line_pages = 1.0
+  assert set(words_per_page(20)) <= {1, 2, 3}
+  config.data.single_line_pages = 0.5
+  late = words_per_page(20)
+  assert min(late) <= 3 and max(late) > 3
+  _, eval_ds = pipeline.create_datasets(config)
+  tok = tokenizer_lib.Tokenizer(config.data.charset)
+  eval_words = [len(tok.decode(t).split()) for t in next(eval_ds.as_numpy_iterator())["tokens"]]
+  assert min(eval_words) >= 8
 
 
 def test_processes_share_out_each_global_batch(tiny_config):

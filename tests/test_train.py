@@ -119,6 +119,7 @@ def test_workdir_with_another_vocabulary_is_refused(tiny_config, tmp_path):
     ("train.optimizer", "sgd"),
     ("eval.every_steps", -1),
     ("data.image_height", 16),
+    ("data.single_line_pages", 1.5),
 ])
 def test_bad_config_value_names_its_field(tiny_config, field, value):
   section, name = field.split(".")
