@@ -43,12 +43,7 @@ def get_config():
   config.data.words_per_form = (16, 40)  # full pages: 3 or 4 lines
   config.data.max_len = 160
   config.data.curriculum_steps = 2400
-  config.data.single_line_pages = 0.1  # pages may also end after one line
   config.data.heldout_fonts = HELDOUT_FONTS
-  # Unseen hands: more writers, and no word written exactly in its font.
-  config.data.bank_size = 40000
-  config.data.words_per_writer = (100, 200)
-  config.data.shape_distortion = 0.1
 
   config.train.num_steps = 6000
   config.train.batch_size = 8

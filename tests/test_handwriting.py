@@ -173,7 +173,7 @@ def test_shape_distortion_bends_training_words_only(tmp_path):
   for i in range(len(train_plain)):
     a, b = train_plain.word_image(i), train_bent.word_image(i)
     assert a.shape != b.shape or not np.array_equal(a, b)
-    assert b.max() > 128
+    assert b.max() > 0.5 * a.max()
   # The eval split keeps the fonts' shapes: the very same bank and cache file.
   eval_plain = handwriting.build_word_bank(plain, "eval")
   eval_bent = handwriting.build_word_bank(bent, "eval")
