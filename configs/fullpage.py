@@ -4,8 +4,8 @@ ResNet34 with the finer last stage, a 6-layer pre-norm decoder, pages like
 IAM's forms at half resolution (~150 dpi: 40 px words on a 1024x1280 canvas,
 40 to 70 words, up to 700 tokens), the same curriculum (one line first, full
 pages from a quarter of the run on), warmup, cosine decay, label smoothing,
-held-out fonts and guided attention. Not trained yet: README, "On a GPU", has
-its step time on one H200.
+held-out fonts and guided attention. Trained so far only on a shortened
+schedule: README, "On a GPU", has that run and its speed on one H200.
 
   bash launch/gpu_local.sh configs/fullpage.py   # all GPUs of this machine
 """

@@ -335,7 +335,6 @@ def _ttf_layout(text, style, scale, spacing, stroke, jitter):
   jitter: float [len(text), 3], standard normal; with `style.distortion` > 0,
   each letter's size and height vary by it (no two letters alike).
   """
-  font = _truetype(style.font.path, max(1, round(scale)), style.weight)
   if style.distortion > 0:
     fonts = [_truetype(style.font.path,
                        max(1, round(scale * (1 + 0.5 * style.distortion * size))),
@@ -344,6 +343,7 @@ def _ttf_layout(text, style, scale, spacing, stroke, jitter):
     xs = np.concatenate([[0.0], np.cumsum(advances)[:-1]])
     lifts = 0.25 * style.distortion * scale * jitter[:, 2]
   else:  # the font's own layout, kerning included
+    font = _truetype(style.font.path, max(1, round(scale)), style.weight)
     fonts = [font] * len(text)
     xs = [font.getlength(text[:i]) + i * spacing for i in range(len(text))]
     lifts = [0] * len(text)

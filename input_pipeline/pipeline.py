@@ -121,7 +121,7 @@ def make_synthetic_example(composer, data_config, seed: tuple[int, int], *, augm
         tf.random.experimental.stateless_split(example_seed, num=3))
     word_cap = None
     if curriculum_steps:
-      word_cap = curriculum_max_words(index // global_batch, int(data_config.words_per_line[0]),
+      word_cap = curriculum_max_words(index // global_batch, line_words[0],
                                        composer.layout.num_words[1], curriculum_steps)
     if single_line_pages:
       line_seed = tf.random.experimental.stateless_fold_in(example_seed, 1)
