@@ -20,6 +20,9 @@ from configs import default
 
 # Font families that training never sees; the eval split is written in them.
 HELDOUT_FONTS = ("IndieFlower-Regular", "ShadowsIntoLight", "Satisfy-Regular")
+# Rounded sans fonts, for training only: more letter shapes of print writing.
+EXTRA_FONTS = ("fontpkg:comfortaa", "fontpkg:fredoka", "fontpkg:nunito",
+               "fontpkg:quicksand", "fontpkg:varela-round")
 
 
 def get_config():
@@ -44,6 +47,7 @@ def get_config():
   config.data.max_len = 160
   config.data.curriculum_steps = 2400
   config.data.heldout_fonts = HELDOUT_FONTS
+  config.data.extra_fonts = ",".join(EXTRA_FONTS)
 
   config.train.num_steps = 6000
   config.train.batch_size = 8

@@ -65,8 +65,11 @@ def get_config():
   config.data.max_rotation = 2.0
   # Embedded handwriting source. Unset = the pip-installed fonts / word list.
   # font_paths: TTF/OTF files or folders, comma-separated ("hershey:NAME" for
-  # a Hershey stroke font); text_file: any UTF-8 text, split into words.
+  # a Hershey stroke font, "fontpkg:NAME" for a pip-installed fontpkg family);
+  # extra_fonts: more of the same, added to font_paths or the default fonts;
+  # text_file: any UTF-8 text, split into words.
   config.data.font_paths = ml_collections.config_dict.placeholder(str)
+  config.data.extra_fonts = ml_collections.config_dict.placeholder(str)
   config.data.text_file = ml_collections.config_dict.placeholder(str)
   # Where word-image banks are cached; unset = ~/.cache/fphtr_jax.
   config.data.cache_dir = ml_collections.config_dict.placeholder(str)

@@ -54,6 +54,8 @@ _SUPERSAMPLE = 3
 DEFAULT_HERSHEY_FONTS = ("scripts", "scriptc", "cursive")
 # `data.font_paths` entries with this prefix name a Hershey font.
 HERSHEY_PREFIX = "hershey:"
+# ... and with this one a pip-installed fontpkg family of any category.
+FONTPKG_PREFIX = "fontpkg:"
 # Cap line to descender line of the Hershey script fonts, in font units.
 _HERSHEY_UNITS_PER_EM = 33
 # Hershey script letters are about 1.6 times as wide, for their height, as
@@ -156,49 +158,86 @@ def baseline_row(word_height: int) -> int:
 # --- Fonts -------------------------------------------------------------------
 
 
+def _fontpkg_families() -> dict:
+  """{family name: (metadata, files root)} of the pip-installed fontpkg fonts."""
+  families = {}
+  for entry_point in importlib.metadata.entry_points(group=_FONTPKG_ENTRY_POINTS):
+    root = importlib.resources.files(entry_point.value)
+    metadata = json.loads((root / "metadata.json").read_text(encoding="utf-8"))
+    families[entry_point.name.replace("_", "-")] = (metadata, root)
+  return families
+
+
+def _fontpkg_files(metadata, root) -> list[FontSource]:
+  """The font files of one fontpkg family."""
+  fonts = []
+  for entry in sorted(metadata["files"], key=lambda f: f["path"]):
+    path = pathlib.Path(str(root.joinpath(*entry["path"].split("/"))))
+    fonts.append(FontSource(name=path.stem, path=str(path)))
+  return fonts
+
+
 def list_default_fonts() -> list[FontSource]:
   """The pip-installed handwriting fonts: fontpkg-* TTFs, then Hershey fonts."""
   fonts = []
-  for entry_point in sorted(
-      importlib.metadata.entry_points(group=_FONTPKG_ENTRY_POINTS),
-      key=lambda e: e.name):
-    root = importlib.resources.files(entry_point.value)
-    metadata = json.loads((root / "metadata.json").read_text(encoding="utf-8"))
+  for _, (metadata, root) in sorted(_fontpkg_families().items()):
     # Other fontpkg families (sans, serif, ...) may be installed too.
-    if "HANDWRITING" not in metadata.get("category", ()):
-      continue
-    for entry in sorted(metadata["files"], key=lambda f: f["path"]):
-      path = pathlib.Path(str(root.joinpath(*entry["path"].split("/"))))
-      fonts.append(FontSource(name=path.stem, path=str(path)))
+    if "HANDWRITING" in metadata.get("category", ()):
+      fonts.extend(_fontpkg_files(metadata, root))
   fonts.extend(
       FontSource(name=f"hershey-{name}", hershey=name)
       for name in DEFAULT_HERSHEY_FONTS)
   return fonts
 
 
-def resolve_fonts(font_paths: str | Sequence[str] | None) -> list[FontSource]:
-  """Fonts named by `data.font_paths`: TTF/OTF files, folders, "hershey:NAME".
+def resolve_fonts(font_paths: str | Sequence[str] | None,
+                  extra_fonts: str | Sequence[str] | None = None,
+                  ) -> list[FontSource]:
+  """Fonts named by `data.font_paths` and `data.extra_fonts`.
 
-  None or "" gives `list_default_fonts()`. A string may list several entries
-  separated by commas. Folders are searched recursively.
+  Entries are TTF/OTF files, folders (searched recursively), "hershey:NAME"
+  (a Hershey stroke font) or "fontpkg:NAME" (every file of a pip-installed
+  fontpkg family, e.g. "fontpkg:quicksand" from `pip install
+  fontpkg-quicksand`); a string may list several, separated by commas.
+  No font_paths gives `list_default_fonts()`; extra_fonts are added to the
+  fonts of font_paths (a font already there is not added twice).
   """
-  if not font_paths:
-    return list_default_fonts()
-  if isinstance(font_paths, str):
-    font_paths = [p.strip() for p in font_paths.split(",") if p.strip()]
-  elif isinstance(font_paths, os.PathLike):
-    font_paths = [font_paths]
+  fonts = (_fonts_of("data.font_paths", font_paths) if font_paths
+           else list_default_fonts())
+  names = {f.name for f in fonts}
+  for font in _fonts_of("data.extra_fonts", extra_fonts or ()):
+    if font.name not in names:
+      fonts.append(font)
+      names.add(font.name)
+  return fonts
+
+
+def _fonts_of(field: str, entries: str | Sequence[str]) -> list[FontSource]:
+  """The fonts of the entries of config field `field`; see `resolve_fonts`."""
+  if isinstance(entries, str):
+    entries = [p.strip() for p in entries.split(",") if p.strip()]
+  elif isinstance(entries, os.PathLike):
+    entries = [entries]
   fonts = []
-  for entry in font_paths:
+  for entry in entries:
     entry = str(entry)
     if entry.startswith(HERSHEY_PREFIX):
       name = entry[len(HERSHEY_PREFIX):]
       available = _hershey_font_names()
       if name not in available:
         raise ValueError(
-            f"data.font_paths: unknown Hershey font {entry!r}; available: "
+            f"{field}: unknown Hershey font {entry!r}; available: "
             + ", ".join(HERSHEY_PREFIX + n for n in available))
       fonts.append(FontSource(name=f"hershey-{name}", hershey=name))
+      continue
+    if entry.startswith(FONTPKG_PREFIX):
+      name = entry[len(FONTPKG_PREFIX):].replace("_", "-")
+      families = _fontpkg_families()
+      if name not in families:
+        raise ValueError(
+            f"{field}: fontpkg family {name!r} is not installed (pip install "
+            f"fontpkg-{name}); installed: {', '.join(sorted(families))}.")
+      fonts.extend(_fontpkg_files(*families[name]))
       continue
     path = pathlib.Path(entry).expanduser()
     if path.is_dir():
@@ -206,21 +245,18 @@ def resolve_fonts(font_paths: str | Sequence[str] | None) -> list[FontSource]:
                      if p.is_file() and p.suffix.lower() in _FONT_SUFFIXES)
       if not files:
         raise ValueError(
-            f"data.font_paths: folder {path} holds no .ttf or .otf font "
-            "files.")
+            f"{field}: folder {path} holds no .ttf or .otf font files.")
     elif path.is_file():
       if path.suffix.lower() not in _FONT_SUFFIXES:
-        raise ValueError(
-            f"data.font_paths: {path} is not a .ttf or .otf font file.")
+        raise ValueError(f"{field}: {path} is not a .ttf or .otf font file.")
       files = [path]
     else:
-      raise ValueError(f"data.font_paths: {path} does not exist.")
+      raise ValueError(f"{field}: {path} does not exist.")
     for file in files:
       try:
         ImageFont.truetype(str(file), 20)
       except OSError as e:
-        raise ValueError(
-            f"data.font_paths: cannot read font file {file}: {e}") from e
+        raise ValueError(f"{field}: cannot read font file {file}: {e}") from e
       fonts.append(FontSource(name=file.stem, path=str(file)))
   return fonts
 
@@ -769,6 +805,7 @@ def _bank_options(data_config) -> dict:
       word_height=int(data_config.word_height),
       bank_size=int(data_config.bank_size),
       font_paths=data_config.get("font_paths") or None,
+      extra_fonts=data_config.get("extra_fonts") or None,
       text_file=data_config.get("text_file") or None,
       heldout_fonts=tuple(data_config.get("heldout_fonts") or ()),
       words_per_writer=tuple(data_config.get("words_per_writer")
@@ -776,8 +813,9 @@ def _bank_options(data_config) -> dict:
       bank_seed=int(data_config.get("bank_seed") or 0),
       skip_unknown_chars=bool(data_config.get("skip_unknown_chars")),
       shape_distortion=float(data_config.get("shape_distortion") or 0.0))
-  if isinstance(options["font_paths"], (list, tuple)):
-    options["font_paths"] = [str(p) for p in options["font_paths"]]
+  for field in ("font_paths", "extra_fonts"):
+    if isinstance(options[field], (list, tuple)):
+      options[field] = [str(p) for p in options[field]]
   if options["bank_size"] < 1:
     raise ValueError(
         f"data.bank_size must be >= 1, got {options['bank_size']}.")
@@ -866,7 +904,7 @@ def _assign_words(stream: Iterator[str], styles: list[WriterStyle],
       if misses > 100_000:
         raise ValueError(
             f"Font {style.font.name} cannot write any of the text's words; "
-            "remove it from data.font_paths or use a text it has glyphs for.")
+            "remove it from data.font_paths / data.extra_fonts or use a text it has glyphs for.")
     assignments.append(words)
   if dropped:
     logging.warning("Dropped words with characters no font has a glyph for "
@@ -902,8 +940,9 @@ def build_word_bank(data_config, split: str = "train",
   options = _bank_options(data_config)
   charset = options["charset"]
   word_height, bank_size = options["word_height"], options["bank_size"]
-  fonts = _split_fonts(resolve_fonts(options["font_paths"]),
-                       options["heldout_fonts"], split)
+  fonts = _split_fonts(
+      resolve_fonts(options["font_paths"], options["extra_fonts"]),
+      options["heldout_fonts"], split)
   metrics = {}
   for font in fonts:
     metrics[font.name] = font_metrics(font, charset)
@@ -1012,6 +1051,7 @@ def _cache_key(data_config, split: str) -> str:
   """A hash of everything that shapes the bank of `split`."""
   options = _bank_options(data_config)
   text_file = options.pop("text_file")
+  extra_fonts = options.pop("extra_fonts")
   if text_file and not pathlib.Path(text_file).expanduser().is_file():
     raise ValueError(f"data.text_file: {text_file} does not exist.")
   inputs = dict(
@@ -1020,7 +1060,7 @@ def _cache_key(data_config, split: str) -> str:
       font_paths=[
           (f.name, f.hershey, _file_digest(f.path) if f.path else
            importlib.metadata.version("Hershey-Fonts"))
-          for f in resolve_fonts(options["font_paths"])],
+          for f in resolve_fonts(options["font_paths"], extra_fonts)],
       text=(_file_digest(pathlib.Path(text_file).expanduser()) if text_file
             else "wordfreq-" + importlib.metadata.version("wordfreq")),
       split=split,
@@ -1076,8 +1116,8 @@ def load_word_bank(data_config, split: str = "train",
 
   Args:
     data_config: the `config.data` section: charset, word_height, bank_size,
-      font_paths, text_file, heldout_fonts, words_per_writer, bank_seed,
-      skip_unknown_chars, cache_dir.
+      font_paths, extra_fonts, text_file, heldout_fonts, words_per_writer,
+      bank_seed, skip_unknown_chars, cache_dir.
     split: "train" (fonts not in data.heldout_fonts) or "eval" (the held-out
       fonts, or all fonts if none; other text than train either way).
     cache_dir: folder of cached banks; None = data.cache_dir, else

@@ -219,6 +219,34 @@ def test_glyph_coverage_of_real_fonts():
   assert hershey.coverage == set("abcxyzABC.,")
 
 
+def test_extra_fonts_join_training_and_leave_the_eval_bank(tmp_path):
+  # A fontpkg family outside the handwriting category is not a default font,
+  # but "fontpkg:NAME" names it, in data.font_paths or data.extra_fonts.
+  defaults = {f.name for f in handwriting.list_default_fonts()}
+  assert "Quicksand[wght]" not in defaults
+  assert [f.name for f in handwriting.resolve_fonts("fontpkg:quicksand")] == [
+      "Quicksand[wght]"]
+  fonts = dict(heldout_fonts=("Zeyada",), bank_size=100,
+               words_per_writer=(20, 30),
+               font_paths="fontpkg:indie-flower,fontpkg:zeyada")
+  plain = _data_config(tmp_path, **fonts)
+  extra = _data_config(tmp_path, **fonts,
+                       extra_fonts="fontpkg:quicksand,fontpkg:zeyada")
+  train = handwriting.load_word_bank(extra, "train")
+  # Zeyada is already a font (not added twice), and held out.
+  assert set(train.font_names) == {"IndieFlower-Regular", "Quicksand[wght]"}
+  assert set(handwriting.load_word_bank(plain, "train").font_names) == {
+      "IndieFlower-Regular"}
+  plain_eval = handwriting.load_word_bank(plain, "eval")
+  extra_eval = handwriting.load_word_bank(extra, "eval")
+  assert np.array_equal(plain_eval.strip, extra_eval.strip)
+  assert plain_eval.texts.tolist() == extra_eval.texts.tolist()
+  extra.extra_fonts = "fontpkg:no-such-family"
+  with pytest.raises(ValueError,
+                     match="data.extra_fonts.*no-such-family.*not installed"):
+    handwriting.load_word_bank(extra, "train")
+
+
 def test_font_lacking_a_character_never_gets_words_with_it(tmp_path):
   text = "жук и Жаба пошли в лес, where the bugs live. " * 12
   cyrillic = "".join(sorted({c for c in text if not c.isascii()}))
