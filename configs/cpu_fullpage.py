@@ -5,11 +5,12 @@ synthetic pages say where each character is, and a training loss pulls the
 decoder's cross-attention there), a curriculum (one line at first, full pages
 of two to four lines from 40% of the run on), a finer grid of columns in the
 encoder's last stage, a pre-norm decoder, AdamW with warmup and cosine decay,
-and label smoothing. Three font families are held out of training: the eval
-pages are written only in them, so the CER measures reading unseen
-handwriting, not remembering the fonts. README, "Reading full pages", has
-the results: 31% CER on held-out-font pages (11% in the training fonts), short
-of the 15% aimed at.
+and label smoothing. Training writes in the handwriting fonts and five
+rounded sans-serif fonts (printed letters); three handwriting font families
+are held out of training: the eval pages are written only in them, so the
+CER measures reading unseen handwriting, not remembering the fonts. README,
+"Reading full pages", has the results: 28% CER on held-out-font pages (12%
+in the training fonts), short of the 15% aimed at.
 
   bash launch/train.sh configs/cpu_fullpage.py
 

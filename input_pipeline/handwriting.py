@@ -215,7 +215,7 @@ def resolve_fonts(font_paths: str | Sequence[str] | None,
 def _fonts_of(field: str, entries: str | Sequence[str]) -> list[FontSource]:
   """The fonts of the entries of config field `field`; see `resolve_fonts`."""
   if isinstance(entries, str):
-    entries = [p.strip() for p in entries.split(",") if p.strip()]
+    entries = _split_entries(entries)
   elif isinstance(entries, os.PathLike):
     entries = [entries]
   fonts = []
@@ -259,6 +259,25 @@ def _fonts_of(field: str, entries: str | Sequence[str]) -> list[FontSource]:
         raise ValueError(f"{field}: cannot read font file {file}: {e}") from e
       fonts.append(FontSource(name=file.stem, path=str(file)))
   return fonts
+
+
+def _split_entries(text: str) -> list[str]:
+  """The entries of a comma-separated list of fonts.
+
+  A comma inside an existing file's name (variable fonts are often named so:
+  "Fredoka[wdth,wght].ttf") does not split it.
+  """
+  entries, pending = [], []
+  for piece in text.split(","):
+    pending.append(piece)
+    entry = ",".join(pending).strip()
+    if (len(pending) == 1 and entry.startswith((HERSHEY_PREFIX, FONTPKG_PREFIX))
+        or pathlib.Path(entry).expanduser().exists()):
+      entries.append(entry)
+      pending = []
+  # What names no existing file stays split, for an error about each piece.
+  entries.extend(p.strip() for p in pending)
+  return [entry for entry in entries if entry]
 
 
 @functools.cache

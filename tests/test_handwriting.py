@@ -247,6 +247,18 @@ def test_extra_fonts_join_training_and_leave_the_eval_bank(tmp_path):
     handwriting.load_word_bank(extra, "train")
 
 
+def test_font_entries_split_at_commas_but_not_inside_a_file_name(tmp_path):
+  font = tmp_path / "Hand[wdth,wght].ttf"
+  shutil.copy(handwriting.resolve_fonts("fontpkg:fredoka")[0].path, font)
+  fonts = handwriting.resolve_fonts(f"{font}, hershey:cursive,fontpkg:zeyada,")
+  assert [f.name for f in fonts] == [
+      "Hand[wdth,wght]", "hershey-cursive", "Zeyada"]
+  missing = tmp_path / "missing.ttf"
+  with pytest.raises(ValueError,
+                     match=rf"data.font_paths: {missing} does not exist\."):
+    handwriting.resolve_fonts(f"{missing},{font}")
+
+
 def test_font_lacking_a_character_never_gets_words_with_it(tmp_path):
   text = "жук и Жаба пошли в лес, where the bugs live. " * 12
   cyrillic = "".join(sorted({c for c in text if not c.isascii()}))
