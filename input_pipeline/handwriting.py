@@ -923,7 +923,8 @@ def _assign_words(stream: Iterator[str], styles: list[WriterStyle],
       if misses > 100_000:
         raise ValueError(
             f"Font {style.font.name} cannot write any of the text's words; "
-            "remove it from data.font_paths / data.extra_fonts or use a text it has glyphs for.")
+            "remove it from data.font_paths / data.extra_fonts or use a "
+            "text it has glyphs for.")
     assignments.append(words)
   if dropped:
     logging.warning("Dropped words with characters no font has a glyph for "
