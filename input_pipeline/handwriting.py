@@ -1071,16 +1071,18 @@ def _cache_key(data_config, split: str) -> str:
   """A hash of everything that shapes the bank of `split`."""
   options = _bank_options(data_config)
   text_file = options.pop("text_file")
-  extra_fonts = options.pop("extra_fonts")
+  # Only the split's own fonts shape its bank: a training font added or held
+  # out elsewhere leaves the eval bank (and its cache file) as it was.
+  fonts = _split_fonts(
+      resolve_fonts(options.pop("font_paths"), options.pop("extra_fonts")),
+      options.pop("heldout_fonts"), split)
   if text_file and not pathlib.Path(text_file).expanduser().is_file():
     raise ValueError(f"data.text_file: {text_file} does not exist.")
   inputs = dict(
       options,
       shape_distortion=_distortion(options, split),
-      font_paths=[
-          (f.name, f.hershey, _file_digest(f.path) if f.path else
-           importlib.metadata.version("Hershey-Fonts"))
-          for f in resolve_fonts(options["font_paths"], extra_fonts)],
+      fonts=[(f.name, f.hershey, _file_digest(f.path) if f.path else
+              importlib.metadata.version("Hershey-Fonts")) for f in fonts],
       text=(_file_digest(pathlib.Path(text_file).expanduser()) if text_file
             else "wordfreq-" + importlib.metadata.version("wordfreq")),
       split=split,

@@ -241,6 +241,11 @@ def test_extra_fonts_join_training_and_leave_the_eval_bank(tmp_path):
   extra_eval = handwriting.load_word_bank(extra, "eval")
   assert np.array_equal(plain_eval.strip, extra_eval.strip)
   assert plain_eval.texts.tolist() == extra_eval.texts.tolist()
+  # ... from the same cache file: the eval bank is rendered once.
+  assert (handwriting.word_bank_path(extra, "eval")
+          == handwriting.word_bank_path(plain, "eval"))
+  assert (handwriting.word_bank_path(extra, "train")
+          != handwriting.word_bank_path(plain, "train"))
   extra.extra_fonts = "fontpkg:no-such-family"
   with pytest.raises(ValueError,
                      match="data.extra_fonts.*no-such-family.*not installed"):
