@@ -847,11 +847,13 @@ def _bank_options(data_config) -> dict:
   return options
 
 
-def _split_fonts(fonts: list[FontSource], heldout: Sequence[str],
-                 split: str) -> list[FontSource]:
-  """Fonts of `split`: train = all but the held-out ones; eval = held-out."""
+def _split_fonts(options: dict, split: str) -> list[FontSource]:
+  """Fonts of `split` among those of the bank options: train = all but the
+  held-out ones; eval = the held-out ones (all of them if none)."""
   if split not in _SPLITS:
     raise ValueError(f"split must be one of {_SPLITS}, got {split!r}.")
+  fonts = resolve_fonts(options["font_paths"], options["extra_fonts"])
+  heldout = options["heldout_fonts"]
   names = {f.name for f in fonts}
   unknown = [name for name in heldout if name not in names]
   if unknown:
@@ -960,9 +962,7 @@ def build_word_bank(data_config, split: str = "train",
   options = _bank_options(data_config)
   charset = options["charset"]
   word_height, bank_size = options["word_height"], options["bank_size"]
-  fonts = _split_fonts(
-      resolve_fonts(options["font_paths"], options["extra_fonts"]),
-      options["heldout_fonts"], split)
+  fonts = _split_fonts(options, split)
   metrics = {}
   for font in fonts:
     metrics[font.name] = font_metrics(font, charset)
@@ -1073,9 +1073,9 @@ def _cache_key(data_config, split: str) -> str:
   text_file = options.pop("text_file")
   # Only the split's own fonts shape its bank: a training font added or held
   # out elsewhere leaves the eval bank (and its cache file) as it was.
-  fonts = _split_fonts(
-      resolve_fonts(options.pop("font_paths"), options.pop("extra_fonts")),
-      options.pop("heldout_fonts"), split)
+  fonts = _split_fonts(options, split)
+  for field in ("font_paths", "extra_fonts", "heldout_fonts"):
+    del options[field]
   if text_file and not pathlib.Path(text_file).expanduser().is_file():
     raise ValueError(f"data.text_file: {text_file} does not exist.")
   inputs = dict(
