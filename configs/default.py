@@ -77,6 +77,9 @@ def get_config():
   # Embedded handwriting source: writers, held-out fonts, text checks.
   config.data.heldout_fonts = ()  # font file stems kept for the eval split
   config.data.words_per_writer = (200, 400)  # >= the most words on a form
+  # The same for the training bank only (unset = words_per_writer): fewer
+  # words each, more writers, so more styles of each font; eval keeps its own.
+  config.data.train_words_per_writer = ml_collections.config_dict.placeholder(tuple)
   config.data.bank_seed = 0  # another seed renders another bank
   # Training words stray from their font's shapes (smooth random bends, and
   # letters of varied size and height): std of the bend / x-height, about 0.1

@@ -829,6 +829,8 @@ def _bank_options(data_config) -> dict:
       heldout_fonts=tuple(data_config.get("heldout_fonts") or ()),
       words_per_writer=tuple(data_config.get("words_per_writer")
                              or _DEFAULT_WORDS_PER_WRITER),
+      train_words_per_writer=tuple(
+          data_config.get("train_words_per_writer") or ()) or None,
       bank_seed=int(data_config.get("bank_seed") or 0),
       skip_unknown_chars=bool(data_config.get("skip_unknown_chars")),
       shape_distortion=float(data_config.get("shape_distortion") or 0.0))
@@ -872,6 +874,14 @@ def _split_fonts(options: dict, split: str) -> list[FontSource]:
 def _distortion(options: dict, split: str) -> float:
   """data.shape_distortion is a training augmentation: eval keeps the fonts."""
   return options["shape_distortion"] if split == "train" else 0.0
+
+
+def _words_per_writer(options: dict, split: str) -> tuple[int, int]:
+  """data.train_words_per_writer, where set, is for training only: fewer
+  words a writer means more writers, and eval keeps its writers."""
+  if split == "train" and options["train_words_per_writer"]:
+    return options["train_words_per_writer"]
+  return options["words_per_writer"]
 
 
 def _writer_quotas(bank_size: int, words_per_writer: Sequence[int],
@@ -980,7 +990,7 @@ def build_word_bank(data_config, split: str = "train",
   else:
     stream = _wordfreq_stream(charset, np.random.default_rng(seed + [1]))
 
-  quotas = _writer_quotas(bank_size, options["words_per_writer"], rng)
+  quotas = _writer_quotas(bank_size, _words_per_writer(options, split), rng)
   font_order = rng.permutation(len(fonts))
   styles = []
   for writer_id in range(len(quotas)):
@@ -1074,12 +1084,15 @@ def _cache_key(data_config, split: str) -> str:
   # Only the split's own fonts shape its bank: a training font added or held
   # out elsewhere leaves the eval bank (and its cache file) as it was.
   fonts = _split_fonts(options, split)
-  for field in ("font_paths", "extra_fonts", "heldout_fonts"):
+  words_per_writer = _words_per_writer(options, split)
+  for field in ("font_paths", "extra_fonts", "heldout_fonts",
+                "train_words_per_writer"):
     del options[field]
   if text_file and not pathlib.Path(text_file).expanduser().is_file():
     raise ValueError(f"data.text_file: {text_file} does not exist.")
   inputs = dict(
       options,
+      words_per_writer=words_per_writer,
       shape_distortion=_distortion(options, split),
       fonts=[(f.name, f.hershey, _file_digest(f.path) if f.path else
               importlib.metadata.version("Hershey-Fonts")) for f in fonts],
@@ -1139,6 +1152,7 @@ def load_word_bank(data_config, split: str = "train",
   Args:
     data_config: the `config.data` section: charset, word_height, bank_size,
       font_paths, extra_fonts, text_file, heldout_fonts, words_per_writer,
+      train_words_per_writer,
       bank_seed, skip_unknown_chars, cache_dir.
     split: "train" (fonts not in data.heldout_fonts) or "eval" (the held-out
       fonts, or all fonts if none; other text than train either way).

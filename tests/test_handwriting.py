@@ -187,6 +187,30 @@ def test_shape_distortion_bends_training_words_only(tmp_path):
     handwriting.build_word_bank(bent, "train")
 
 
+def test_train_words_per_writer_gives_training_more_writers_only(tmp_path):
+  heldout = ("Zeyada",)
+  plain = _data_config(tmp_path, heldout_fonts=heldout, bank_size=240)
+  many = _data_config(tmp_path, heldout_fonts=heldout, bank_size=240,
+                      train_words_per_writer=(12, 18))
+  train_plain = handwriting.build_word_bank(plain, "train")
+  train_many = handwriting.build_word_bank(many, "train")
+  counts = np.bincount(train_many.writers)
+  assert counts.min() >= 12
+  assert len(counts) >= 3 * len(train_plain.writer_names)
+  assert len(set(train_many.font_names)) > len(set(train_plain.font_names))
+  # The eval split keeps its writers: the very same bank and cache file.
+  eval_plain = handwriting.build_word_bank(plain, "eval")
+  eval_many = handwriting.build_word_bank(many, "eval")
+  assert eval_many.strip.tobytes() == eval_plain.strip.tobytes()
+  assert eval_many.writer_names == eval_plain.writer_names
+  assert (handwriting.word_bank_path(many, "eval")
+          == handwriting.word_bank_path(plain, "eval"))
+  assert (handwriting.word_bank_path(many, "train")
+          != handwriting.word_bank_path(plain, "train"))
+  many.train_words_per_writer = (30, 20)
+  with pytest.raises(ValueError, match="words_per_writer"):
+    handwriting.build_word_bank(many, "train")
+
 @pytest.mark.parametrize("stem", ["Caveat[wght]", "hershey-scripts"])
 def test_distorted_words_keep_their_ink_and_baseline(stem):
   font = next(f for f in handwriting.list_default_fonts() if f.name == stem)
