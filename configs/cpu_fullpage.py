@@ -6,11 +6,11 @@ decoder's cross-attention there), a curriculum (one line at first, full pages
 of two to four lines from 40% of the run on), a finer grid of columns in the
 encoder's last stage, a pre-norm decoder, AdamW on batches of 4 pages (more,
 smaller steps) with warmup and cosine decay, and label smoothing; one
-training page in ten is a single line. Training
-writes in the handwriting fonts and in sans-serif and Hershey stroke fonts
-(printed letters); three handwriting font families are held out of training:
-the eval pages are written only in them, so the CER measures reading unseen
-handwriting, not remembering the fonts. README, "Reading full pages", has the
+training page in ten is a single line. Training writes in the handwriting
+fonts and in sans-serif and Hershey stroke fonts (printed letters); three
+handwriting font families are held out of training: the eval pages are
+written only in them, so the CER measures reading unseen handwriting, not
+remembering the fonts. README, "Reading full pages", has the
 results: 26.2% CER on held-out-font pages (23.5% with beam search), short of
 the 15% aimed at.
 
@@ -58,7 +58,7 @@ def get_config():
   config.data.extra_fonts = ",".join(EXTRA_FONTS)
 
   config.train.num_steps = 11000
-  config.train.batch_size = 4  # more, smaller steps: the step's cost is linear in the batch
+  config.train.batch_size = 4  # a step costs in proportion: twice the steps of 8
   config.train.optimizer = "adamw"
   config.train.learning_rate = 6e-4
   config.train.weight_decay = 0.01

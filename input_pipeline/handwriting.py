@@ -871,17 +871,18 @@ def _split_fonts(options: dict, split: str) -> list[FontSource]:
   return [f for f in fonts if f.name in heldout] if heldout else fonts
 
 
-def _distortion(options: dict, split: str) -> float:
-  """data.shape_distortion is a training augmentation: eval keeps the fonts."""
-  return options["shape_distortion"] if split == "train" else 0.0
-
-
-def _words_per_writer(options: dict, split: str) -> tuple[int, int]:
-  """data.train_words_per_writer, where set, is for training only: fewer
-  words a writer means more writers, and eval keeps its writers."""
-  if split == "train" and options["train_words_per_writer"]:
-    return options["train_words_per_writer"]
-  return options["words_per_writer"]
+def _split_options(options: dict, split: str) -> dict:
+  """The bank options as they apply to `split`: data.shape_distortion and
+  data.train_words_per_writer are for training only (eval keeps the fonts'
+  shapes and its own writers)."""
+  options = dict(options)
+  train_words_per_writer = options.pop("train_words_per_writer")
+  if split == "train":
+    options["words_per_writer"] = (train_words_per_writer
+                                   or options["words_per_writer"])
+  else:
+    options["shape_distortion"] = 0.0
+  return options
 
 
 def _writer_quotas(bank_size: int, words_per_writer: Sequence[int],
@@ -969,7 +970,7 @@ def build_word_bank(data_config, split: str = "train",
     num_workers: processes rendering in parallel; None = the available cores
       for large banks, 1 for small ones. The bank is the same for any value.
   """
-  options = _bank_options(data_config)
+  options = _split_options(_bank_options(data_config), split)
   charset = options["charset"]
   word_height, bank_size = options["word_height"], options["bank_size"]
   fonts = _split_fonts(options, split)
@@ -990,13 +991,13 @@ def build_word_bank(data_config, split: str = "train",
   else:
     stream = _wordfreq_stream(charset, np.random.default_rng(seed + [1]))
 
-  quotas = _writer_quotas(bank_size, _words_per_writer(options, split), rng)
+  quotas = _writer_quotas(bank_size, options["words_per_writer"], rng)
   font_order = rng.permutation(len(fonts))
   styles = []
   for writer_id in range(len(quotas)):
     font = fonts[font_order[writer_id % len(fonts)]]
     styles.append(sample_writer_style(font, metrics[font.name], rng,
-                                      _distortion(options, split)))
+                                      options["shape_distortion"]))
   coverage = {name: m.coverage for name, m in metrics.items()}
   assignments = _assign_words(stream, styles, quotas, coverage)
 
@@ -1079,21 +1080,17 @@ def _file_digest(path: str) -> str:
 
 def _cache_key(data_config, split: str) -> str:
   """A hash of everything that shapes the bank of `split`."""
-  options = _bank_options(data_config)
+  options = _split_options(_bank_options(data_config), split)
   text_file = options.pop("text_file")
   # Only the split's own fonts shape its bank: a training font added or held
   # out elsewhere leaves the eval bank (and its cache file) as it was.
   fonts = _split_fonts(options, split)
-  words_per_writer = _words_per_writer(options, split)
-  for field in ("font_paths", "extra_fonts", "heldout_fonts",
-                "train_words_per_writer"):
+  for field in ("font_paths", "extra_fonts", "heldout_fonts"):
     del options[field]
   if text_file and not pathlib.Path(text_file).expanduser().is_file():
     raise ValueError(f"data.text_file: {text_file} does not exist.")
   inputs = dict(
       options,
-      words_per_writer=words_per_writer,
-      shape_distortion=_distortion(options, split),
       fonts=[(f.name, f.hershey, _file_digest(f.path) if f.path else
               importlib.metadata.version("Hershey-Fonts")) for f in fonts],
       text=(_file_digest(pathlib.Path(text_file).expanduser()) if text_file
@@ -1152,8 +1149,7 @@ def load_word_bank(data_config, split: str = "train",
   Args:
     data_config: the `config.data` section: charset, word_height, bank_size,
       font_paths, extra_fonts, text_file, heldout_fonts, words_per_writer,
-      train_words_per_writer,
-      bank_seed, skip_unknown_chars, cache_dir.
+      train_words_per_writer, bank_seed, skip_unknown_chars, cache_dir.
     split: "train" (fonts not in data.heldout_fonts) or "eval" (the held-out
       fonts, or all fonts if none; other text than train either way).
     cache_dir: folder of cached banks; None = data.cache_dir, else

@@ -211,6 +211,7 @@ def test_train_words_per_writer_gives_training_more_writers_only(tmp_path):
   with pytest.raises(ValueError, match="words_per_writer"):
     handwriting.build_word_bank(many, "train")
 
+
 @pytest.mark.parametrize("stem", ["Caveat[wght]", "hershey-scripts"])
 def test_distorted_words_keep_their_ink_and_baseline(stem):
   font = next(f for f in handwriting.list_default_fonts() if f.name == stem)
