@@ -15,6 +15,8 @@ results: 26.2% CER on held-out-font pages (23.5% with beam search), short of
 the 15% aimed at.
 
   bash launch/train.sh configs/cpu_fullpage.py
+  # A CPU half as fast: the whole schedule in 6000 steps instead of 11000.
+  bash launch/train.sh configs/cpu_fullpage.py --config.train.num_steps=6000
 
 configs/fullpage.py is the same recipe at the paper's scale for a GPU or TPU.
 """
@@ -52,18 +54,24 @@ def get_config():
   config.data.words_per_line = (4, 9)  # the curriculum starts at 4 words
   config.data.words_per_form = (16, 40)  # full pages: 3 or 4 lines
   config.data.max_len = 160
-  config.data.curriculum_steps = 4400
   config.data.single_line_pages = 0.1  # lone lines too, not only pages
   config.data.heldout_fonts = HELDOUT_FONTS
   config.data.extra_fonts = ",".join(EXTRA_FONTS)
 
+  # The schedule is in fractions of the run: `--config.train.num_steps=N`
+  # scales warmup, curriculum, evaluations and checkpoints with it (to fit
+  # the time on a slower or faster CPU); any of them can still be set alone.
   config.train.num_steps = 11000
+  num_steps = config.train.get_ref("num_steps")
+  config.train.warmup_steps = num_steps // 11  # 1000
+  config.data.curriculum_steps = num_steps * 2 // 5  # 4400: full pages from 40% on
+  config.eval.every_steps = (num_steps + 9) // 10  # 1100 (a tenth, at least 1)
+  config.checkpoint.every_steps = (num_steps + 9) // 10
   config.train.batch_size = 4  # a step costs in proportion: twice the steps of 8
   config.train.optimizer = "adamw"
   config.train.learning_rate = 6e-4
   config.train.weight_decay = 0.01
   config.train.schedule = "cosine"
-  config.train.warmup_steps = 1000
   config.train.grad_clip_norm = 1.0
   config.train.label_smoothing = 0.1
   config.train.attention_loss_weight = 1.0  # guided attention: shows where to read
@@ -71,8 +79,6 @@ def get_config():
   config.train.rng_impl = "unsafe_rbg"
   config.train.log_every_steps = 25
 
-  config.eval.every_steps = 1100
   config.eval.num_examples = 64
   config.eval.batch_size = 16
-  config.checkpoint.every_steps = 1100
   return config

@@ -26,16 +26,18 @@ def get_config():
   config.data.word_height = 40
   config.data.words_per_form = (40, 70)
   config.data.max_len = 700
-  config.data.curriculum_steps = 15_000
 
+  # In fractions of the run, as in cpu_fullpage.py.
   config.train.num_steps = 60_000
+  num_steps = config.train.get_ref("num_steps")
+  config.train.warmup_steps = num_steps // 30  # 2000
+  config.data.curriculum_steps = num_steps // 4  # 15000
+  config.eval.every_steps = (num_steps + 29) // 30  # 2000
+  config.checkpoint.every_steps = (num_steps + 59) // 60  # 1000
   config.train.batch_size = 32
   config.train.learning_rate = 4e-4
-  config.train.warmup_steps = 2_000
   config.train.log_every_steps = 100
 
-  config.eval.every_steps = 2_000
   config.eval.num_examples = 256
   config.eval.batch_size = 32
-  config.checkpoint.every_steps = 1_000
   return config
