@@ -15,7 +15,8 @@ results: 26.2% CER on held-out-font pages (23.5% with beam search), short of
 the 15% aimed at.
 
   bash launch/train.sh configs/cpu_fullpage.py
-  # A CPU half as fast: the whole schedule in 6000 steps instead of 11000.
+  # A CPU half as fast: the whole schedule in 6000 steps (it reads less well:
+  # README, "Results").
   bash launch/train.sh configs/cpu_fullpage.py --config.train.num_steps=6000
 
 configs/fullpage.py is the same recipe at the paper's scale for a GPU or TPU.
