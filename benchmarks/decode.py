@@ -32,15 +32,15 @@ import os
 import statistics
 import time
 
+from absl import app, flags
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
 
 from configs import default
-from fphtr_jax import decoding
 from fphtr_jax import tokenizer as tokenizer_lib
+from fphtr_jax import transcribe
 from fphtr_jax.models import fphtr
 
 _TOKENS = flags.DEFINE_list("tokens", ["100", "200", "400"], "Output tokens per page case.")
@@ -81,13 +81,21 @@ class JaxDecoder:
     self.model = fphtr.create_model(config.model, self.tokenizer.vocab_size, MAX_LEN)
     images = jnp.zeros((1, 64, 64, 1), jnp.float32)
     tokens = jnp.zeros((1, 2), jnp.int32)
-    self.variables = nn.unbox(jax.jit(functools.partial(self.model.init, train=False))(
-        jax.random.key(0), images, tokens))
+    self.variables = nn.unbox(
+      jax.jit(functools.partial(self.model.init, train=False))(jax.random.key(0), images, tokens)
+    )
 
   def search(self, images, tokens: int, beam_size: int = 1):
     """A compiled f() -> DecodeOutput writing exactly `tokens` tokens per image."""
-    fn = jax.jit(functools.partial(decoding.decode_images, self.model, max_len=tokens + 1,
-                                   beam_size=beam_size, ignore_eos=True))
+    fn = jax.jit(
+      functools.partial(
+        transcribe.decode_images,
+        self.model,
+        max_len=tokens + 1,
+        beam_size=beam_size,
+        ignore_eos=True,
+      )
+    )
     compiled = fn.lower(self.variables, images).compile()
     return lambda: compiled(self.variables, images)
 
@@ -97,24 +105,28 @@ class JaxDecoder:
     buffer_len = -(-tokens // PREFIX_BUCKET) * PREFIX_BUCKET + 1
     encode = jax.jit(functools.partial(model.apply, train=False, method=fphtr.FPHTR.encode))
     encode = encode.lower(variables, images).compile()
-    memory = jax.eval_shape(lambda: model.apply(variables, images, train=False,
-                                                method=fphtr.FPHTR.encode))
+    memory = jax.eval_shape(
+      lambda: model.apply(variables, images, train=False, method=fphtr.FPHTR.encode)
+    )
 
     def step(variables, memory, buffer, position, *, length):
-      logits = model.apply(variables, memory, buffer[:, :length], train=False,
-                           method=fphtr.FPHTR.decode)
+      logits = model.apply(
+        variables, memory, buffer[:, :length], train=False, method=fphtr.FPHTR.decode
+      )
       logits = jax.lax.dynamic_index_in_dim(logits, position, axis=1, keepdims=False)
       # Never <PAD>, <SOS> or <EOS>, as in the cached search with ignore_eos.
-      logits = logits.at[:, :tokenizer_lib.NUM_SPECIAL].set(-jnp.inf)
+      logits = logits.at[:, : tokenizer_lib.NUM_SPECIAL].set(-jnp.inf)
       token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
       return jax.lax.dynamic_update_slice_in_dim(buffer, token[:, None], position + 1, axis=1)
 
-    buffer = jnp.zeros((images.shape[0], buffer_len), jnp.int32).at[:, 0].set(
-        tokenizer_lib.SOS_ID)
+    buffer = jnp.zeros((images.shape[0], buffer_len), jnp.int32).at[:, 0].set(tokenizer_lib.SOS_ID)
     steps = {}
     for length in range(PREFIX_BUCKET, buffer_len, PREFIX_BUCKET):
-      steps[length] = jax.jit(functools.partial(step, length=length), donate_argnums=2).lower(
-          variables, memory, buffer, jnp.int32(0)).compile()
+      steps[length] = (
+        jax.jit(functools.partial(step, length=length), donate_argnums=2)
+        .lower(variables, memory, buffer, jnp.int32(0))
+        .compile()
+      )
 
     def run():
       memory = encode(variables, images)
@@ -122,7 +134,7 @@ class JaxDecoder:
       for position in range(tokens):
         length = -(-(position + 1) // PREFIX_BUCKET) * PREFIX_BUCKET
         out = steps[length](variables, memory, out, jnp.int32(position))
-      return out[:, :tokens + 1]
+      return out[:, : tokens + 1]
 
     return run
 
@@ -132,7 +144,9 @@ class TorchDecoder:
 
   def __init__(self, vocab_size: int):
     import torch
+
     from benchmarks import torch_reference
+
     self.torch = torch
     self.model = torch_reference.FPHTR(vocab_size, MAX_LEN).eval()
     self.greedy(np.zeros((1,) + LINE + (1,), np.float32), 2)()  # warm up
@@ -147,7 +161,7 @@ class TorchDecoder:
         out = torch.full((x.shape[0], 1), tokenizer_lib.SOS_ID, dtype=torch.long)
         for _ in range(tokens):
           logits = self.model.decoder(memory, out)[:, -1]
-          logits[:, :tokenizer_lib.NUM_SPECIAL] = -float("inf")
+          logits[:, : tokenizer_lib.NUM_SPECIAL] = -float("inf")
           out = torch.cat([out, logits.argmax(-1, keepdim=True)], dim=1)
       return out
 
@@ -158,9 +172,18 @@ def _case(name, method, size, tokens, seconds, runs, baseline=None, ratio_name=N
   """One JSON line; `ratio_name` = seconds / `baseline` (the cached greedy
   seconds), on wall time and (`_cpu`) on CPU time. seconds: (wall, CPU)."""
   (wall, cpu) = seconds
-  case = {"case": name, "method": method, "height": size[0], "width": size[1], "batch": 1,
-          "tokens": tokens, "s_per_page": round(wall, 4), "cpu_s_per_page": round(cpu, 4),
-          "tokens_per_s": round(tokens / wall, 2), "runs": runs}
+  case = {
+    "case": name,
+    "method": method,
+    "height": size[0],
+    "width": size[1],
+    "batch": 1,
+    "tokens": tokens,
+    "s_per_page": round(wall, 4),
+    "cpu_s_per_page": round(cpu, 4),
+    "tokens_per_s": round(tokens / wall, 2),
+    "runs": runs,
+  }
   if baseline is not None:
     case[ratio_name] = round(wall / baseline[0], 2)
     case[ratio_name + "_cpu"] = round(cpu / baseline[1], 2)
@@ -201,15 +224,27 @@ def main(argv):
     greedy_s = _seconds(search, runs)
     _emit(_case("page", "cached", PAGE, tokens, greedy_s, runs))
     beam_s = _seconds(jax_decoder.search(page_jax, tokens, _BEAM.value), runs)
-    _emit(_case("page", f"beam{_BEAM.value}", PAGE, tokens, beam_s, runs, greedy_s,
-                "cost_vs_greedy"))
+    _emit(
+      _case("page", f"beam{_BEAM.value}", PAGE, tokens, beam_s, runs, greedy_s, "cost_vs_greedy")
+    )
     if not _NOUNCACHED.value:
       uncached = jax_decoder.uncached(page_jax, tokens)
       uncached_tokens = []
       uncached_s = _seconds(lambda: uncached_tokens.append(uncached()) or uncached_tokens[-1], 1)
       uncached_tokens = np.asarray(uncached_tokens[-1])
-      _emit(_case("page", "uncached", PAGE, tokens, uncached_s, 1, greedy_s, "speedup_of_cache",
-                  same_tokens_as_cached=bool(np.array_equal(uncached_tokens, greedy_tokens))))
+      _emit(
+        _case(
+          "page",
+          "uncached",
+          PAGE,
+          tokens,
+          uncached_s,
+          1,
+          greedy_s,
+          "speedup_of_cache",
+          same_tokens_as_cached=bool(np.array_equal(uncached_tokens, greedy_tokens)),
+        )
+      )
     if torch_decoder is not None:
       torch_s = _seconds(torch_decoder.greedy(page, tokens), 1)
       _emit(_case("page", "torch", PAGE, tokens, torch_s, 1, greedy_s, "speedup_of_cache"))

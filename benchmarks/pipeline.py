@@ -15,12 +15,10 @@ import json
 import os
 import time
 
-from absl import app
-from absl import flags
+from absl import app, flags
 
-from configs import default
-from configs import synthetic_line
-from input_pipeline import pipeline
+from configs import default, synthetic_line
+from input_pipeline import datasets
 
 _BATCHES = flags.DEFINE_integer("batches", 60, "Batches timed per case.")
 _WARMUP = flags.DEFINE_integer("warmup", 10, "Batches drawn before timing.")
@@ -32,7 +30,7 @@ _CONFIGS = {"form": default.get_config, "line": synthetic_line.get_config}
 
 def measure(config, num_batches: int, warmup: int) -> tuple[float, float]:
   """(examples per second of wall time, CPU milliseconds per example)."""
-  train_ds, _ = pipeline.create_datasets(config)
+  train_ds, _ = datasets.create_datasets(config)
   batches = train_ds.as_numpy_iterator()
   for _ in range(warmup):
     next(batches)
@@ -55,12 +53,25 @@ def main(argv):
       if _BATCH_SIZE.value:
         config.train.batch_size = _BATCH_SIZE.value
       rates[threads], cpu_ms = measure(config, _BATCHES.value, _WARMUP.value)
-      print(json.dumps({"case": level, "threads": threads, "batch_size": config.train.batch_size,
-                        "image": [config.data.image_height, config.data.image_width],
-                        "examples_per_s": round(rates[threads], 1),
-                        "cpu_ms_per_example": round(cpu_ms, 2)}), flush=True)
-    print(json.dumps({"case": level, "speedup": round(rates[cores] / rates[1], 2),
-                      "threads": [1, cores]}), flush=True)
+      print(
+        json.dumps(
+          {
+            "case": level,
+            "threads": threads,
+            "batch_size": config.train.batch_size,
+            "image": [config.data.image_height, config.data.image_width],
+            "examples_per_s": round(rates[threads], 1),
+            "cpu_ms_per_example": round(cpu_ms, 2),
+          }
+        ),
+        flush=True,
+      )
+    print(
+      json.dumps(
+        {"case": level, "speedup": round(rates[cores] / rates[1], 2), "threads": [1, cores]}
+      ),
+      flush=True,
+    )
 
 
 if __name__ == "__main__":

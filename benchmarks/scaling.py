@@ -6,8 +6,8 @@ r"""Train-step time and per-device memory for each sharding preset on 1-8 device
 Each device count runs in its own process with that many simulated CPU
 devices (XLA_FLAGS=--xla_force_host_platform_device_count=N), or on the real
 accelerators with --real_devices (GPUs/TPUs: N of them from the one process).
-Presets are the mesh rules of configs/default.py (data parallel),
-configs/fsdp.py (fsdp = all N devices) and configs/tensor_parallel.py
+Presets are the mesh presets of fphtr_jax/sharding.py: "data" (no preset,
+data parallel), "fsdp" (fsdp = all N devices) and "tensor_parallel"
 (tensor = 2, data = N / 2), applied to the chosen model config.
 
 Prints one JSON line per (devices, preset), e.g.
@@ -38,21 +38,22 @@ _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps per case (median reported
 _WARMUP = flags.DEFINE_integer("warmup", 1, "Untimed steps per case after compilation.")
 _BATCH = flags.DEFINE_integer("batch_size", 8, "Global batch size.")
 _CONFIG = flags.DEFINE_enum("config", "tiny", ["tiny", "default"], "Model and image size.")
-_REAL = flags.DEFINE_bool("real_devices", False,
-                          "Use the machine's accelerators instead of simulated CPU devices.")
+_REAL = flags.DEFINE_bool(
+  "real_devices", False, "Use the machine's accelerators instead of simulated CPU devices."
+)
 _WORKER = flags.DEFINE_integer("worker", 0, "Internal: run the cases on this many devices.")
 
 
 def preset_config(preset: str, num_devices: int, base: str, batch_size: int):
   """The `base` config with the preset's mesh rules, sized for `num_devices`."""
-  from configs import default, fsdp, tensor_parallel, tiny
+  from configs import default, tiny
+
   config = {"tiny": tiny, "default": default}[base].get_config()
-  rules = {"data": default, "fsdp": fsdp, "tensor_parallel": tensor_parallel}[preset]
-  config.mesh.rules = rules.get_config().mesh.rules
+  config.mesh.preset = "" if preset == "data" else preset
   config.mesh.data, config.mesh.fsdp, config.mesh.tensor = {
-      "data": (num_devices, 1, 1),
-      "fsdp": (1, num_devices, 1),
-      "tensor_parallel": (num_devices // 2, 1, 2),
+    "data": (num_devices, 1, 1),
+    "fsdp": (1, num_devices, 1),
+    "tensor_parallel": (num_devices // 2, 1, 2),
   }[preset]
   config.train.batch_size = batch_size
   return config
@@ -66,7 +67,7 @@ def run_cases(num_devices: int):
   import jax
   import numpy as np
 
-  from fphtr_jax import sharding, train
+  from fphtr_jax import optimizer, sharding, train
   from fphtr_jax import tokenizer as tokenizer_lib
 
   devices = jax.devices()[:num_devices]
@@ -86,15 +87,20 @@ def run_cases(num_devices: int):
     d = config.data
     data_rng = np.random.default_rng(0)
     batch = {
-        "image": data_rng.standard_normal(
-            (_BATCH.value, d.image_height, d.image_width, 1)).astype(np.float32),
-        "tokens": data_rng.integers(3, tokenizer.vocab_size, (_BATCH.value, d.max_len),
-                                    dtype=np.int32),
+      "image": data_rng.standard_normal((_BATCH.value, d.image_height, d.image_width, 1)).astype(
+        np.float32
+      ),
+      "tokens": data_rng.integers(
+        3, tokenizer.vocab_size, (_BATCH.value, d.max_len), dtype=np.int32
+      ),
     }
-    _, schedule = train.create_optimizer(config.train)
-    step = jax.jit(functools.partial(train.train_step, label_smoothing=0.0, schedule=schedule),
-                   in_shardings=(shardings, sharding.batch_sharding(mesh), None),
-                   out_shardings=(shardings, None), donate_argnums=0)
+    _, schedule = optimizer.create_optimizer(config.train)
+    step = jax.jit(
+      functools.partial(train.train_step, label_smoothing=0.0, schedule=schedule),
+      in_shardings=(shardings, sharding.batch_sharding(mesh), None),
+      out_shardings=(shardings, None),
+      donate_argnums=0,
+    )
     times = []
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.logical_rules(config.mesh)):
       global_batch = sharding.put_batch(batch, mesh)
@@ -109,15 +115,25 @@ def run_cases(num_devices: int):
         if index >= _WARMUP.value:
           times.append(time.perf_counter() - start)
     step_s = statistics.median(times)
-    print(json.dumps({
-        "devices": num_devices, "preset": preset, "mesh": dict(mesh.shape),
-        "platform": devices[0].platform, "config": _CONFIG.value, "batch": _BATCH.value,
-        "step_s": round(step_s, 5), "examples_per_s": round(_BATCH.value / step_s, 2),
-        "compile_and_first_step_s": round(compile_s, 2),
-        "param_bytes_per_device": sharding.bytes_per_device(state.params, devices[0]),
-        "opt_state_bytes_per_device": sharding.bytes_per_device(state.opt_state, devices[0]),
-        "loss": float(metrics.compute()["loss"]),
-    }), flush=True)
+    print(
+      json.dumps(
+        {
+          "devices": num_devices,
+          "preset": preset,
+          "mesh": dict(mesh.shape),
+          "platform": devices[0].platform,
+          "config": _CONFIG.value,
+          "batch": _BATCH.value,
+          "step_s": round(step_s, 5),
+          "examples_per_s": round(_BATCH.value / step_s, 2),
+          "compile_and_first_step_s": round(compile_s, 2),
+          "param_bytes_per_device": sharding.bytes_per_device(state.params, devices[0]),
+          "opt_state_bytes_per_device": sharding.bytes_per_device(state.opt_state, devices[0]),
+          "loss": float(metrics.compute()["loss"]),
+        }
+      ),
+      flush=True,
+    )
 
 
 def main(argv):
@@ -131,22 +147,29 @@ def main(argv):
       env = dict(os.environ)
     else:
       flag = f"--xla_force_host_platform_device_count={count}"
-      env = {**os.environ, "JAX_PLATFORMS": "cpu",
-             "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()}
+      env = {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip(),
+      }
     args = [a for a in sys.argv[1:] if not a.startswith("--worker")]
-    worker = subprocess.run([sys.executable, "-m", "benchmarks.scaling", *args,
-                             f"--worker={count}"], env=env, stdout=subprocess.PIPE, text=True,
-                            check=True)
-    results += [json.loads(line) for line in worker.stdout.splitlines()
-                if line.startswith("{")]
+    worker = subprocess.run(
+      [sys.executable, "-m", "benchmarks.scaling", *args, f"--worker={count}"],
+      env=env,
+      stdout=subprocess.PIPE,
+      text=True,
+      check=True,
+    )
+    results += [json.loads(line) for line in worker.stdout.splitlines() if line.startswith("{")]
   baseline = next((r for r in results if r["devices"] == 1 and r["preset"] == "data"), None)
   for result in results:
     if baseline is not None:
       state_bytes = result["param_bytes_per_device"] + result["opt_state_bytes_per_device"]
       result["step_time_vs_baseline"] = round(result["step_s"] / baseline["step_s"], 3)
       result["state_bytes_vs_baseline"] = round(
-          state_bytes / (baseline["param_bytes_per_device"]
-                         + baseline["opt_state_bytes_per_device"]), 3)
+        state_bytes / (baseline["param_bytes_per_device"] + baseline["opt_state_bytes_per_device"]),
+        3,
+      )
     print(json.dumps(result), flush=True)
 
 

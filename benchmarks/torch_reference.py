@@ -34,7 +34,8 @@ class BasicBlock(nn.Module):
     self.downsample = None
     if stride != 1 or in_channels != channels:
       self.downsample = nn.Sequential(
-          nn.Conv2d(in_channels, channels, 1, stride, bias=False), nn.BatchNorm2d(channels))
+        nn.Conv2d(in_channels, channels, 1, stride, bias=False), nn.BatchNorm2d(channels)
+      )
 
   def forward(self, x):
     residual = x if self.downsample is None else self.downsample(x)
@@ -53,8 +54,12 @@ class ResNetTrunk(nn.Module):
     super().__init__()
     if encoder not in STAGE_SIZES:
       raise ValueError(f"encoder={encoder!r} is unknown; use one of {tuple(STAGE_SIZES)}.")
-    layers = [nn.Conv2d(1, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
-              nn.MaxPool2d(3, 2, 1)]
+    layers = [
+      nn.Conv2d(1, 64, 7, 2, 3, bias=False),
+      nn.BatchNorm2d(64),
+      nn.ReLU(inplace=True),
+      nn.MaxPool2d(3, 2, 1),
+    ]
     in_channels = 64
     for stage, num_blocks in enumerate(STAGE_SIZES[encoder]):
       channels = 64 * 2**stage
@@ -110,14 +115,23 @@ class ImageEncoder(nn.Module):
 class TextDecoder(nn.Module):
   """memory [B, S, d], tokens int64 [B, T] -> logits [B, T, vocab_size]."""
 
-  def __init__(self, vocab_size: int, max_len: int, d_model: int, num_layers: int,
-               num_heads: int, mlp_dim: int, dropout: float):
+  def __init__(
+    self,
+    vocab_size: int,
+    max_len: int,
+    d_model: int,
+    num_layers: int,
+    num_heads: int,
+    mlp_dim: int,
+    dropout: float,
+  ):
     super().__init__()
     self.embed = nn.Embedding(vocab_size, d_model)
     self.register_buffer("position", sinusoidal_1d(max_len, d_model), persistent=False)
     self.dropout = nn.Dropout(dropout)
-    layer = nn.TransformerDecoderLayer(d_model, num_heads, mlp_dim, dropout, activation="gelu",
-                                       batch_first=True, norm_first=False)
+    layer = nn.TransformerDecoderLayer(
+      d_model, num_heads, mlp_dim, dropout, activation="gelu", batch_first=True, norm_first=False
+    )
     self.layers = nn.TransformerDecoder(layer, num_layers)
     self.head = nn.Linear(d_model, vocab_size)
     self.d_model = d_model
@@ -127,21 +141,35 @@ class TextDecoder(nn.Module):
     # Boolean masks (True = may not attend), both of the same type as torch wants.
     causal_mask = torch.ones(length, length, dtype=torch.bool, device=tokens.device).triu(1)
     x = self.embed(tokens) * math.sqrt(self.d_model) + self.position[:length]
-    x = self.layers(self.dropout(x), memory, tgt_mask=causal_mask,
-                    tgt_key_padding_mask=tokens == PAD_ID, tgt_is_causal=True)
+    x = self.layers(
+      self.dropout(x),
+      memory,
+      tgt_mask=causal_mask,
+      tgt_key_padding_mask=tokens == PAD_ID,
+      tgt_is_causal=True,
+    )
     return self.head(x)
 
 
 class FPHTR(nn.Module):
   """images [B, 1, H, W] float32, tokens int64 [B, T] -> logits [B, T, vocab_size]."""
 
-  def __init__(self, vocab_size: int, max_len: int, encoder: str = "resnet18",
-               d_model: int = 260, num_layers: int = 6, num_heads: int = 4,
-               mlp_dim: int = 1024, dropout: float = 0.1):
+  def __init__(
+    self,
+    vocab_size: int,
+    max_len: int,
+    encoder: str = "resnet18",
+    d_model: int = 260,
+    num_layers: int = 6,
+    num_heads: int = 4,
+    mlp_dim: int = 1024,
+    dropout: float = 0.1,
+  ):
     super().__init__()
     self.encoder = ImageEncoder(encoder, d_model, dropout)
-    self.decoder = TextDecoder(vocab_size, max_len, d_model, num_layers, num_heads, mlp_dim,
-                               dropout)
+    self.decoder = TextDecoder(
+      vocab_size, max_len, d_model, num_layers, num_heads, mlp_dim, dropout
+    )
 
   def forward(self, images, tokens):
     return self.decoder(self.encoder(images), tokens)

@@ -30,18 +30,16 @@ import os
 import statistics
 import time
 
+from absl import app, flags
+from flax import traverse_util
 import flax.linen as nn
 import jax
-import numpy as np
-from absl import app
-from absl import flags
-from flax import traverse_util
 from ml_collections import config_flags
+import numpy as np
 
 from configs import default
-from fphtr_jax import sharding
+from fphtr_jax import config_validation, sharding, train
 from fphtr_jax import tokenizer as tokenizer_lib
-from fphtr_jax import train
 from fphtr_jax.models import resnet
 
 
@@ -55,32 +53,42 @@ class Case:
 
 
 CASES = {
-    "resnet18_line": Case("resnet18", batch=4, height=64, width=896, tokens=90),
-    "resnet34_line": Case("resnet34", batch=4, height=64, width=896, tokens=90),
-    "resnet18_page": Case("resnet18", batch=1, height=1024, width=1248, tokens=700),
-    "resnet34_page": Case("resnet34", batch=1, height=1024, width=1248, tokens=700),
+  "resnet18_line": Case("resnet18", batch=4, height=64, width=896, tokens=90),
+  "resnet34_line": Case("resnet34", batch=4, height=64, width=896, tokens=90),
+  "resnet18_page": Case("resnet18", batch=1, height=1024, width=1248, tokens=700),
+  "resnet34_page": Case("resnet34", batch=1, height=1024, width=1248, tokens=700),
 }
 
 _CASES = flags.DEFINE_list("cases", list(CASES), f"Cases to time, from {list(CASES)}.")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per framework and case.")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps per framework after compilation.")
-_TORCH = flags.DEFINE_bool("torch", True, "Also time the reference PyTorch model (--notorch: "
-                           "JAX only).")
-_TORCH_THREADS = flags.DEFINE_integer("torch_threads", None,
-                                      "PyTorch intra-op threads; default: the usable cores.")
+_TORCH = flags.DEFINE_bool(
+  "torch", True, "Also time the reference PyTorch model (--notorch: JAX only)."
+)
+_TORCH_THREADS = flags.DEFINE_integer(
+  "torch_threads", None, "PyTorch intra-op threads; default: the usable cores."
+)
 _OMP_WAIT_POLICY = flags.DEFINE_enum(
-    "omp_wait_policy", "PASSIVE", ["PASSIVE", "ACTIVE", ""],
-    "OMP_WAIT_POLICY for PyTorch's OpenMP threads; '' leaves the environment's. PASSIVE keeps "
-    "the baseline from collapsing when other processes share the cores: with spinning (ACTIVE) "
-    "threads, a 2-thread step can take 10x longer on a busy 2-core machine.")
-_DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"],
-                           "JAX compute dtype (model.dtype); default: the config's.")
-_RNG_IMPL = flags.DEFINE_string("rng_impl", None,
-                                "JAX PRNG for dropout (train.rng_impl); default: the config's.")
+  "omp_wait_policy",
+  "PASSIVE",
+  ["PASSIVE", "ACTIVE", ""],
+  "OMP_WAIT_POLICY for PyTorch's OpenMP threads; '' leaves the environment's. PASSIVE keeps "
+  "the baseline from collapsing when other processes share the cores: with spinning (ACTIVE) "
+  "threads, a 2-thread step can take 10x longer on a busy 2-core machine.",
+)
+_DTYPE = flags.DEFINE_enum(
+  "dtype", None, ["float32", "bfloat16"], "JAX compute dtype (model.dtype); default: the config's."
+)
+_RNG_IMPL = flags.DEFINE_string(
+  "rng_impl", None, "JAX PRNG for dropout (train.rng_impl); default: the config's."
+)
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the random batch.")
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Time this config's own train step instead of --cases (JAX only).",
-    lock_config=False)
+  "config",
+  None,
+  "Time this config's own train step instead of --cases (JAX only).",
+  lock_config=False,
+)
 
 
 def case_config(case: Case):
@@ -99,8 +107,13 @@ def case_config(case: Case):
 
 def config_case(config) -> Case:
   d = config.data
-  return Case(config.model.encoder, batch=config.train.batch_size, height=d.image_height,
-              width=d.image_width, tokens=d.max_len)
+  return Case(
+    config.model.encoder,
+    batch=config.train.batch_size,
+    height=d.image_height,
+    width=d.image_width,
+    tokens=d.max_len,
+  )
 
 
 def random_batch(case: Case, vocab_size: int, seed: int, glyphs: bool = False) -> dict:
@@ -120,7 +133,8 @@ def random_batch(case: Case, vocab_size: int, seed: int, glyphs: bool = False) -
   if glyphs:
     size = np.array([case.height, case.width], np.float32)
     batch["glyph_centres"] = (rng.uniform(size=(case.batch, case.tokens - 1, 2)) * size).astype(
-        np.float32)
+      np.float32
+    )
   return batch
 
 
@@ -147,9 +161,11 @@ class JaxStep:
     model = train.create_model(config, tokenizer)
     self.state, state_shardings = train.create_train_state(config, model, self.mesh, init_rng)
     step = jax.jit(
-        train.configured_train_step(config),
-        in_shardings=(state_shardings, sharding.batch_sharding(self.mesh), None),
-        out_shardings=(state_shardings, None), donate_argnums=0)
+      train.configured_train_step(config),
+      in_shardings=(state_shardings, sharding.batch_sharding(self.mesh), None),
+      out_shardings=(state_shardings, None),
+      donate_argnums=0,
+    )
     # The model's logical sharding constraints resolve while tracing.
     with jax.set_mesh(self.mesh), nn.logical_axis_rules(sharding.logical_rules(config.mesh)):
       self.batch = sharding.put_batch(batch, self.mesh)
@@ -180,20 +196,30 @@ class TorchStep:
 
   def __init__(self, config, batch: dict):
     import torch  # pylint: disable=g-import-not-at-top
+
     from benchmarks import torch_reference  # pylint: disable=g-import-not-at-top
+
     m = config.model
     vocab_size = tokenizer_lib.Tokenizer(config.data.charset).vocab_size
     torch.manual_seed(config.train.seed)
-    model = torch_reference.FPHTR(vocab_size, config.data.max_len, m.encoder, m.d_model,
-                                  m.num_layers, m.num_heads, m.mlp_dim, m.dropout_rate)
+    model = torch_reference.FPHTR(
+      vocab_size,
+      config.data.max_len,
+      m.encoder,
+      m.d_model,
+      m.num_layers,
+      m.num_heads,
+      m.mlp_dim,
+      m.dropout_rate,
+    )
     self.step = torch_reference.TrainStep(model, config.train.learning_rate)
     self.images = torch.from_numpy(batch["image"]).permute(0, 3, 1, 2).contiguous()
     self.tokens = torch.from_numpy(batch["tokens"]).long()
     self.params = {
-        "torch_threads": torch.get_num_threads(),
-        "torch_params": torch_reference.count_params(model),
-        "torch_encoder_params": torch_reference.count_params(model.encoder),
-        "torch_decoder_params": torch_reference.count_params(model.decoder),
+      "torch_threads": torch.get_num_threads(),
+      "torch_params": torch_reference.count_params(model),
+      "torch_encoder_params": torch_reference.count_params(model.encoder),
+      "torch_decoder_params": torch_reference.count_params(model.decoder),
     }
 
   def __call__(self):
@@ -209,10 +235,9 @@ def _seconds(fn) -> tuple[float, float]:
 
 def run_case(name: str, case: Case, with_torch: bool, config=None) -> dict:
   config = config or case_config(case)
-  train.validate_config(config)
+  config_validation.validate_config(config)
   vocab_size = tokenizer_lib.Tokenizer(config.data.charset).vocab_size
-  batch = random_batch(case, vocab_size, _SEED.value,
-                       glyphs=config.train.attention_loss_weight > 0)
+  batch = random_batch(case, vocab_size, _SEED.value, glyphs=config.train.attention_loss_weight > 0)
   jax_step = JaxStep(config, batch)
   torch_step = TorchStep(config, batch) if with_torch else None
   steps = [jax_step] + ([torch_step] if torch_step else [])
@@ -233,32 +258,42 @@ def run_case(name: str, case: Case, with_torch: bool, config=None) -> dict:
   jax_cpu_s = statistics.median(cpu_times[0])
   torch_cpu_s = statistics.median(cpu_times[1]) if torch_step else None
   result = {
-      "case": name, "encoder": case.encoder, "batch": case.batch, "height": case.height,
-      "width": case.width, "tokens": case.tokens,
-      "memory_len": memory_len(case, config),
-      "dtype": config.model.dtype, "rng_impl": config.train.rng_impl,
-      "backend": jax.default_backend(), "steps": _STEPS.value,
-      "jax_compile_s": round(jax_step.compile_s, 2),
-      "jax_step_s": round(jax_s, 4),
-      "jax_step_s_range": [round(min(times[0]), 4), round(max(times[0]), 4)],
-      "jax_examples_per_s": round(case.batch / jax_s, 3),
-      "torch_step_s": round(torch_s, 4) if torch_s else None,
-      "torch_step_s_range": ([round(min(times[1]), 4), round(max(times[1]), 4)]
-                             if torch_s else None),
-      "torch_examples_per_s": round(case.batch / torch_s, 3) if torch_s else None,
-      "speedup_vs_torch": round(torch_s / jax_s, 3) if torch_s else None,
-      # Fastest steps: what each does when the machine leaves it alone.
-      "speedup_vs_torch_min": round(min(times[1]) / min(times[0]), 3) if torch_s else None,
-      # CPU seconds per step (all threads): what each costs whatever the load.
-      "jax_cpu_s": round(jax_cpu_s, 4),
-      "torch_cpu_s": round(torch_cpu_s, 4) if torch_s else None,
-      "speedup_vs_torch_cpu": round(torch_cpu_s / jax_cpu_s, 3) if torch_s else None,
-      "load_avg": round(os.getloadavg()[0], 2),
-      "peak_memory_gib": peak_memory_gib(),
-      **param_counts(jax_step.state.params),
+    "case": name,
+    "encoder": case.encoder,
+    "batch": case.batch,
+    "height": case.height,
+    "width": case.width,
+    "tokens": case.tokens,
+    "memory_len": memory_len(case, config),
+    "dtype": config.model.dtype,
+    "rng_impl": config.train.rng_impl,
+    "backend": jax.default_backend(),
+    "steps": _STEPS.value,
+    "jax_compile_s": round(jax_step.compile_s, 2),
+    "jax_step_s": round(jax_s, 4),
+    "jax_step_s_range": [round(min(times[0]), 4), round(max(times[0]), 4)],
+    "jax_examples_per_s": round(case.batch / jax_s, 3),
+    "torch_step_s": round(torch_s, 4) if torch_s else None,
+    "torch_step_s_range": ([round(min(times[1]), 4), round(max(times[1]), 4)] if torch_s else None),
+    "torch_examples_per_s": round(case.batch / torch_s, 3) if torch_s else None,
+    "speedup_vs_torch": round(torch_s / jax_s, 3) if torch_s else None,
+    # Fastest steps: what each does when the machine leaves it alone.
+    "speedup_vs_torch_min": round(min(times[1]) / min(times[0]), 3) if torch_s else None,
+    # CPU seconds per step (all threads): what each costs whatever the load.
+    "jax_cpu_s": round(jax_cpu_s, 4),
+    "torch_cpu_s": round(torch_cpu_s, 4) if torch_s else None,
+    "speedup_vs_torch_cpu": round(torch_cpu_s / jax_cpu_s, 3) if torch_s else None,
+    "load_avg": round(os.getloadavg()[0], 2),
+    "peak_memory_gib": peak_memory_gib(),
+    **param_counts(jax_step.state.params),
   }
-  result.update(torch_step.params if torch_step else dict.fromkeys(
-      ("torch_threads", "torch_params", "torch_encoder_params", "torch_decoder_params")))
+  result.update(
+    torch_step.params
+    if torch_step
+    else dict.fromkeys(
+      ("torch_threads", "torch_params", "torch_encoder_params", "torch_decoder_params")
+    )
+  )
   return result
 
 

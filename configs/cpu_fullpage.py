@@ -1,4 +1,4 @@
-"""The full-page recipe sized for a 2-core CPU: about 70 minutes of training.
+"""The full-page recipe sized for a 2-core CPU; launch/train.sh's default on a CPU.
 
 The FPHTR model, narrowed for a CPU, trained with guided attention (the
 synthetic pages say where each character is, and a training loss pulls the
@@ -10,13 +10,13 @@ training page in ten is a single line. Training writes in the handwriting
 fonts and in sans-serif and Hershey stroke fonts (printed letters); three
 handwriting font families are held out of training: the eval pages are
 written only in them, so the CER measures reading unseen handwriting, not
-remembering the fonts. README, "Reading full pages", has the
-results: 26.2% CER on held-out-font pages (23.5% with beam search), short of
-the 15% aimed at.
+remembering the fonts. The recipe is described in docs/training.md; its
+measured results and the variants tried are in
+docs/experiments/cpu_fullpage.md.
 
   bash launch/train.sh configs/cpu_fullpage.py
-  # A CPU half as fast: the whole schedule in 6000 steps (it reads less well:
-  # README, "Results").
+  # A slower CPU: the whole schedule (warmup, curriculum, evaluations,
+  # checkpoints) scales with num_steps.
   bash launch/train.sh configs/cpu_fullpage.py --config.train.num_steps=6000
 
 configs/fullpage.py is the same recipe at the paper's scale for a GPU or TPU.
@@ -28,11 +28,19 @@ from configs import default
 HELDOUT_FONTS = ("IndieFlower-Regular", "ShadowsIntoLight", "Satisfy-Regular")
 # For training only, more letter shapes of print writing: rounded sans fonts,
 # narrow or small-x-height sans fonts, and Hershey pen-stroke print letters.
-EXTRA_FONTS = ("fontpkg:comfortaa", "fontpkg:fredoka", "fontpkg:nunito",
-               "fontpkg:quicksand", "fontpkg:varela-round",
-               "fontpkg:yanone-kaffeesatz", "fontpkg:josefin-sans",
-               "fontpkg:smooch-sans", "hershey:futural", "hershey:rowmans",
-               "hershey:timesi")
+EXTRA_FONTS = (
+  "fontpkg:comfortaa",
+  "fontpkg:fredoka",
+  "fontpkg:nunito",
+  "fontpkg:quicksand",
+  "fontpkg:varela-round",
+  "fontpkg:yanone-kaffeesatz",
+  "fontpkg:josefin-sans",
+  "fontpkg:smooch-sans",
+  "hershey:futural",
+  "hershey:rowmans",
+  "hershey:timesi",
+)
 
 
 def get_config():

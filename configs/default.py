@@ -9,11 +9,7 @@ composed into pages inside tf.data.
 import ml_collections
 
 # IAM's character set (79 symbols) plus the line separator used by forms.
-IAM_CHARSET = (
-    " !\"#&'()*+,-./0123456789:;?"
-    "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-    "abcdefghijklmnopqrstuvwxyz"
-)
+IAM_CHARSET = " !\"#&'()*+,-./0123456789:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 
 def get_config():
@@ -91,6 +87,17 @@ def get_config():
   # Image files (IAM, predict) with more pixels are refused before decoding.
   config.data.max_image_pixels = 50_000_000
   config.data.synthetic_proba = 1.0  # share of synthetic examples when mixing
+  # IAM source (data.source="iam", configs/iam_*.py). The unpacked IAM download
+  # (xml/, ascii/, forms*/, lines/, words/); required by that source.
+  config.data.iam_dir = ml_collections.config_dict.placeholder(str)
+  # Where TFDS keeps the prepared dataset; unset = ~/tensorflow_datasets.
+  config.data.iam_tfds_dir = ml_collections.config_dict.placeholder(str)
+  config.data.iam_scale = 0.5  # of IAM's 300 dpi scans
+  config.data.iam_split = "aachen"  # aachen (shipped id lists) | random (by form, seeded)
+  config.data.iam_split_seed = 0  # random split only
+  config.data.iam_split_fractions = (0.8, 0.1, 0.1)  # train, validation, test; random only
+  config.data.iam_skip_err = False  # drop words and lines whose segmentation is "err"
+  config.data.iam_bad_image = "skip"  # skip (warn and count) | error
 
   # --- Training --------------------------------------------------------------
   config.train = ml_collections.ConfigDict()
@@ -144,9 +151,12 @@ def get_config():
 
   # --- Device mesh -----------------------------------------------------------
   # Mesh axis sizes, over the devices of all processes; -1 takes the devices
-  # left over. The default is pure data parallelism; configs/fsdp.py and
-  # configs/tensor_parallel.py split parameters too.
+  # left over. The default is pure data parallelism.
   config.mesh = ml_collections.ConfigDict()
+  # "" | "fsdp" | "tensor_parallel": also split parameters (fphtr_jax/sharding.py,
+  # MESH_PRESETS). A preset sets the mesh sizes too, unless they are changed
+  # from the default below (e.g. --config.mesh.data=2 --config.mesh.fsdp=4).
+  config.mesh.preset = ""
   config.mesh.data = -1
   config.mesh.fsdp = 1
   config.mesh.tensor = 1
@@ -154,19 +164,19 @@ def get_config():
   # rule whose mesh axis an array already uses is skipped. A dimension its
   # mesh axes do not divide is an error naming the parameter.
   config.mesh.rules = (
-      ("batch", ("data", "fsdp")),
-      ("embed", None),
-      ("mlp", None),
-      ("heads", None),
-      ("kv", None),
-      ("vocab", None),
-      ("conv_in", None),
-      ("conv_out", None),
-      ("conv_height", None),
-      ("conv_width", None),
-      ("height", None),
-      ("width", None),
-      ("length", None),
+    ("batch", ("data", "fsdp")),
+    ("embed", None),
+    ("mlp", None),
+    ("heads", None),
+    ("kv", None),
+    ("vocab", None),
+    ("conv_in", None),
+    ("conv_out", None),
+    ("conv_height", None),
+    ("conv_width", None),
+    ("height", None),
+    ("width", None),
+    ("length", None),
   )
 
   return config

@@ -4,10 +4,13 @@ ResNet34 with the finer last stage, a 6-layer pre-norm decoder, pages like
 IAM's forms at half resolution (~150 dpi: 40 px words on a 1024x1280 canvas,
 40 to 70 words, up to 700 tokens), the same curriculum (one line first, full
 pages from a quarter of the run on), warmup, cosine decay, label smoothing,
-held-out fonts and guided attention. Trained so far only on a shortened
-schedule: README, "On a GPU", has that run and its speed on one H200.
+held-out fonts and guided attention. The default of launch/train.sh where
+JAX sees a GPU or TPU. Its measured runs are in
+docs/experiments/fullpage_gpu.md.
 
   bash launch/gpu_local.sh configs/fullpage.py   # all GPUs of this machine
+  # bfloat16 compute (parameters and optimizer state stay float32):
+  bash launch/gpu_local.sh configs/fullpage.py --config.model.dtype=bfloat16
 """
 
 from configs import cpu_fullpage

@@ -1,33 +1,21 @@
 """IAM lines at 0.5 scale (~140 dpi), mixed with synthetic lines of IAM training words.
 
-Needs your IAM download (see input_pipeline/iam.py for the folder layout):
+Needs your IAM download (see input_pipeline/iam/reader.py for the folder layout):
 
   python -m fphtr_jax.main --config=configs/iam_line.py \
       --config.data.iam_dir=~/data/iam --workdir=/tmp/fphtr_iam_line
 
-The first run prepares the TFDS dataset (input_pipeline/iam_tfds.py) in
+The first run prepares the TFDS dataset (input_pipeline/iam/tfds_builder.py) in
 data.iam_tfds_dir and caches the word bank of the training split.
 """
-
-import ml_collections
 
 from configs import default
 
 
 def add_iam_fields(config):
-  """The data.iam_* fields, shared by the IAM configs."""
+  """The IAM source: its data.iam_* fields are in configs/default.py."""
   data = config.data
   data.source = "iam"
-  # The unpacked IAM download (xml/, ascii/, forms*/, lines/, words/); required.
-  data.iam_dir = ml_collections.config_dict.placeholder(str)
-  # Where TFDS keeps the prepared dataset; unset = ~/tensorflow_datasets.
-  data.iam_tfds_dir = ml_collections.config_dict.placeholder(str)
-  data.iam_scale = 0.5  # of IAM's 300 dpi scans
-  data.iam_split = "aachen"  # aachen (shipped id lists) | random (by form, seeded)
-  data.iam_split_seed = 0  # random split only
-  data.iam_split_fractions = (0.8, 0.1, 0.1)  # train, validation, test; random split only
-  data.iam_skip_err = False  # drop words and lines whose segmentation is "err"
-  data.iam_bad_image = "skip"  # skip (warn and count) | error
   data.charset = default.IAM_CHARSET + "\n"
   data.synthetic_proba = 0.5  # share of synthetic examples composed from IAM training words
   return config

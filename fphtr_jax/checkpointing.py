@@ -14,9 +14,9 @@ renames it when complete, so an interrupted save never hides the previous one.
 import contextlib
 import os
 
+from absl import logging
 import jax
 import orbax.checkpoint as ocp
-from absl import logging
 
 from fphtr_jax import tokenizer as tokenizer_lib
 
@@ -29,15 +29,19 @@ def _manager(directory: str, max_to_keep: int, async_save: bool) -> ocp.Checkpoi
   # killed mid-save leaves the previous checkpoints intact; the leftover
   # temporary folder is removed when the next run opens the manager.
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save,
-      cleanup_tmp_directories=True)
+    max_to_keep=max_to_keep,
+    create=True,
+    enable_async_checkpointing=async_save,
+    cleanup_tmp_directories=True,
+  )
   return ocp.CheckpointManager(directory, options=options)
 
 
 def abstract_like(state, shardings):
   """ShapeDtypeStructs with shardings: tells Orbax where to put restored arrays."""
   return jax.tree.map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
+    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings
+  )
 
 
 class Checkpointer:
@@ -45,8 +49,11 @@ class Checkpointer:
 
   def __init__(self, workdir: str, checkpoint_config):
     workdir = os.path.abspath(workdir)
-    self.latest = _manager(os.path.join(workdir, CHECKPOINT_DIR),
-                           checkpoint_config.max_to_keep, checkpoint_config.async_save)
+    self.latest = _manager(
+      os.path.join(workdir, CHECKPOINT_DIR),
+      checkpoint_config.max_to_keep,
+      checkpoint_config.async_save,
+    )
     self.best = _manager(os.path.join(workdir, BEST_DIR), 1, checkpoint_config.async_save)
     self.best_cer = self._read_best_cer()
 
@@ -72,17 +79,23 @@ class Checkpointer:
     except Exception as error:  # pylint: disable=broad-except
       complete = self.latest.all_steps()
       raise OSError(
-          f"{what} failed: {error!r}. The complete checkpoints in {self.latest.directory} "
-          f"(steps {sorted(complete)}) are untouched; free space and run again to resume from "
-          "the newest.") from error
+        f"{what} failed: {error!r}. The complete checkpoints in {self.latest.directory} "
+        f"(steps {sorted(complete)}) are untouched; free space and run again to resume from "
+        "the newest."
+      ) from error
 
   def save(self, step: int, state, tokenizer, config, force: bool = False) -> bool:
     # An async save reports its error at the next save or wait.
     with self._saving(f"Saving checkpoint {step} (or finishing the one before)"):
-      return self.latest.save(step, force=force, args=ocp.args.Composite(
+      return self.latest.save(
+        step,
+        force=force,
+        args=ocp.args.Composite(
           state=ocp.args.StandardSave(state),
           vocab=ocp.args.JsonSave(tokenizer.to_json()),
-          config=ocp.args.JsonSave(config.to_dict())))
+          config=ocp.args.JsonSave(config.to_dict()),
+        ),
+      )
 
   def save_if_best(self, step: int, state, tokenizer, summary: dict) -> bool:
     """Keeps `state` as the best checkpoint when summary["cer"] beats the best so far."""
@@ -90,20 +103,30 @@ class Checkpointer:
       return False
     self.best_cer = summary["cer"]
     with self._saving(f"Saving the best checkpoint {step} (or finishing one before)"):
-      return self.best.save(step, force=True, args=ocp.args.Composite(
+      return self.best.save(
+        step,
+        force=True,
+        args=ocp.args.Composite(
           state=ocp.args.StandardSave(state),
           vocab=ocp.args.JsonSave(tokenizer.to_json()),
-          summary=ocp.args.JsonSave(summary)))
+          summary=ocp.args.JsonSave(summary),
+        ),
+      )
 
-  def restore(self, abstract_state, step: int | None = None, which: str = "latest"):
-    """Restores (state, tokenizer) from `which` ("latest" or "best") at `step`."""
-    manager = self.best if which == "best" else self.latest
-    step = manager.latest_step() if step is None else step
+  def restore(self, abstract_state, step: int | None = None):
+    """(train state, tokenizer) of checkpoint `step` (default: the newest).
+
+    The state is laid out as `abstract_state` (`abstract_like`) says.
+    """
+    step = self.latest.latest_step() if step is None else step
     if step is None:
-      raise FileNotFoundError(f"No {which} checkpoint in {manager.directory}.")
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state),
-        vocab=ocp.args.JsonRestore()))
+      raise FileNotFoundError(f"No checkpoint in {self.latest.directory}.")
+    restored = self.latest.restore(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), vocab=ocp.args.JsonRestore()
+      ),
+    )
     return restored["state"], tokenizer_lib.Tokenizer.from_json(restored["vocab"])
 
   def _restore_json(self, item: str, step: int | None):

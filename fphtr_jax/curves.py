@@ -11,8 +11,8 @@ import csv
 import glob
 import os
 
-import numpy as np
 from absl import app, flags
+import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 flags.DEFINE_string("workdir", None, "Workdir of a training run.")
@@ -21,8 +21,8 @@ FLAGS = flags.FLAGS
 
 # Panel: tags drawn together, y range.
 PANELS = (
-    ("training loss", ("train/loss",), None),
-    ("eval error rate", ("eval/cer", "eval/wer"), (0.0, 1.0)),
+  ("training loss", ("train/loss",), None),
+  ("eval error rate", ("eval/cer", "eval/wer"), (0.0, 1.0)),
 )
 COLOURS = ((31, 119, 180), (214, 39, 40), (44, 160, 44))
 SIZE, MARGIN = (560, 300), (56, 30, 16, 40)  # left, top, right, bottom
@@ -34,6 +34,7 @@ def read_scalars(workdir: str) -> dict[str, list[tuple[int, float, float]]]:
   A resumed run logs some steps twice; the last record of a step wins.
   """
   import tensorflow as tf  # only this reader needs it
+
   paths = sorted(glob.glob(os.path.join(workdir, "events.out.tfevents.*")))
   if not paths:
     raise FileNotFoundError(f"No TensorBoard event files in {workdir!r}.")
@@ -51,8 +52,7 @@ def read_scalars(workdir: str) -> dict[str, list[tuple[int, float, float]]]:
         else:
           continue
         records.setdefault(value.tag, {})[event.step] = (event.wall_time, number)
-  return {tag: [(step, *steps[step]) for step in sorted(steps)]
-          for tag, steps in records.items()}
+  return {tag: [(step, *steps[step]) for step in sorted(steps)] for tag, steps in records.items()}
 
 
 def _smooth(values: np.ndarray, weight: float = 0.6) -> np.ndarray:
@@ -76,8 +76,10 @@ def _panel(title, series, y_range, max_step, minutes_at) -> Image.Image:
   hi = hi if hi > lo else lo + 1.0
 
   def xy(step, value):
-    return (x0 + (x1 - x0) * step / max(max_step, 1),
-            y1 - (y1 - y0) * (min(max(value, lo), hi) - lo) / (hi - lo))
+    return (
+      x0 + (x1 - x0) * step / max(max_step, 1),
+      y1 - (y1 - y0) * (min(max(value, lo), hi) - lo) / (hi - lo),
+    )
 
   draw.rectangle((x0, y0, x1, y1), outline=(0, 0, 0))
   for k in range(5):  # grid and labels

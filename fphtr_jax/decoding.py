@@ -11,12 +11,8 @@ positions are kept), or, for the uncached decoder used by tests and the
 benchmark, a token buffer that the whole decoder re-reads every step, the way
 the reference implementation decoded (each step costs a full decoder pass).
 
-`decode_images` is the FPHTR glue: it runs the encoder once per image, then
-`decode_memory` builds the callback from `FPHTR.decode` and picks the search;
-`decode_fn` binds the settings of `config.decode`. `transcriptions` turns the
-result into text with per-character and per-line confidences on the host, and
-`cross_attention` gives the decoder's attention over the page while it wrote
-each token (one teacher-forced pass), for attention pictures.
+The FPHTR glue (encoder once, then a search over `FPHTR.decode`) is in
+transcribe.py; turning the result into text with confidences, in confidence.py.
 
 Both searches are batched and stop as soon as every sequence has emitted <EOS>
 (or after `max_len - 1` steps). <PAD> and <SOS> are never emitted. Under a
@@ -24,18 +20,13 @@ mesh (`jax.set_mesh`, `nn.logical_axis_rules`) they run inside jit with the
 batch sharded over the data axes, like the train step.
 """
 
-import dataclasses
-import functools
 from typing import Any, Callable
 
 import flax
-from flax import traverse_util
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from fphtr_jax.models import fphtr
-from fphtr_jax.tokenizer import EOS_ID, NUM_SPECIAL, PAD_ID, SOS_ID
+from fphtr_jax.tokenizer import EOS_ID, PAD_ID, SOS_ID
 
 TokensToLogits = Callable[[jax.Array, Any], tuple[jax.Array, Any]]
 NEG_INF = -1.0e7  # a finite "impossible" score: -inf - -inf would give NaN
@@ -74,8 +65,14 @@ def _initial_tokens(shape) -> jax.Array:
 # --- Greedy search ---------------------------------------------------------------
 
 
-def greedy_search(tokens_to_logits: TokensToLogits, state, batch_size: int, max_len: int,
-                  *, ignore_eos: bool = False) -> DecodeOutput:
+def greedy_search(
+  tokens_to_logits: TokensToLogits,
+  state,
+  batch_size: int,
+  max_len: int,
+  *,
+  ignore_eos: bool = False,
+) -> DecodeOutput:
   """The most likely token at each step until every sequence has emitted <EOS>.
 
   Args:
@@ -107,11 +104,13 @@ def greedy_search(tokens_to_logits: TokensToLogits, state, batch_size: int, max_
     next_log_prob = jnp.where(done, 0.0, next_log_prob)
     tokens = jax.lax.dynamic_update_slice_in_dim(tokens, next_token[:, None], step + 1, axis=1)
     token_log_probs = jax.lax.dynamic_update_slice_in_dim(
-        token_log_probs, next_log_prob[:, None], step + 1, axis=1)
+      token_log_probs, next_log_prob[:, None], step + 1, axis=1
+    )
     return step + 1, tokens, token_log_probs, state, done | (next_token == EOS_ID)
 
   _, tokens, token_log_probs, _, _ = jax.lax.while_loop(
-      not_finished, decode_one, (jnp.int32(0), tokens, token_log_probs, state, done))
+    not_finished, decode_one, (jnp.int32(0), tokens, token_log_probs, state, done)
+  )
   return DecodeOutput(tokens=tokens, token_log_probs=token_log_probs)
 
 
@@ -125,8 +124,7 @@ def length_penalty_factor(length, alpha: float):
 
 def expand_to_beams(tree, beam_size: int):
   """Repeats every [B, ...] leaf to [B * beam_size, ...]; scalars (cache_index) stay."""
-  return jax.tree.map(
-      lambda x: x if jnp.ndim(x) == 0 else jnp.repeat(x, beam_size, axis=0), tree)
+  return jax.tree.map(lambda x: x if jnp.ndim(x) == 0 else jnp.repeat(x, beam_size, axis=0), tree)
 
 
 def gather_beams(tree, beam_indices, batch_size: int, beam_size: int):
@@ -163,9 +161,16 @@ class _BeamState:
   state: Any  # the callback's state for B * K rows
 
 
-def beam_search(tokens_to_logits: TokensToLogits, state, batch_size: int, beam_size: int,
-                max_len: int, *, length_penalty: float = 0.0,
-                ignore_eos: bool = False) -> DecodeOutput:
+def beam_search(
+  tokens_to_logits: TokensToLogits,
+  state,
+  batch_size: int,
+  beam_size: int,
+  max_len: int,
+  *,
+  length_penalty: float = 0.0,
+  ignore_eos: bool = False,
+) -> DecodeOutput:
   """The best of `beam_size` hypotheses per example, by log-prob / length penalty.
 
   Each step extends the K live hypotheses of an example by every token and
@@ -194,15 +199,15 @@ def beam_search(tokens_to_logits: TokensToLogits, state, batch_size: int, beam_s
   b, k = batch_size, beam_size
   live_log_probs = jnp.tile(jnp.array([0.0] + [NEG_INF] * (k - 1), jnp.float32), (b, 1))
   init = _BeamState(
-      step=jnp.int32(0),
-      live_tokens=_initial_tokens((b, k, max_len)),
-      live_token_log_probs=jnp.zeros((b, k, max_len), jnp.float32),
-      live_log_probs=live_log_probs,
-      finished_tokens=_initial_tokens((b, k, max_len)),
-      finished_token_log_probs=jnp.zeros((b, k, max_len), jnp.float32),
-      finished_scores=jnp.full((b, k), NEG_INF, jnp.float32),
-      num_finished=jnp.zeros((b,), jnp.int32),
-      state=expand_to_beams(state, k),
+    step=jnp.int32(0),
+    live_tokens=_initial_tokens((b, k, max_len)),
+    live_token_log_probs=jnp.zeros((b, k, max_len), jnp.float32),
+    live_log_probs=live_log_probs,
+    finished_tokens=_initial_tokens((b, k, max_len)),
+    finished_token_log_probs=jnp.zeros((b, k, max_len), jnp.float32),
+    finished_scores=jnp.full((b, k), NEG_INF, jnp.float32),
+    num_finished=jnp.zeros((b,), jnp.int32),
+    state=expand_to_beams(state, k),
   )
 
   def not_finished(s: _BeamState):
@@ -213,310 +218,55 @@ def beam_search(tokens_to_logits: TokensToLogits, state, batch_size: int, beam_s
     logits, state = tokens_to_logits(current, s.state)
     log_probs, search_log_probs = _log_probs(logits, ignore_eos)
     vocab_size = log_probs.shape[-1]
-    candidates = (s.live_log_probs[:, :, None]
-                  + search_log_probs.reshape(b, k, vocab_size)).reshape(b, k * vocab_size)
+    candidates = (
+      s.live_log_probs[:, :, None] + search_log_probs.reshape(b, k, vocab_size)
+    ).reshape(b, k * vocab_size)
     # 2K candidates: even if K of them end in <EOS>, K others stay live.
     top_scores, top_index = jax.lax.top_k(candidates, 2 * k)
     top_beam, top_token = top_index // vocab_size, (top_index % vocab_size).astype(jnp.int32)
     top_token_log_prob = jnp.take_along_axis(log_probs.reshape(b, k * vocab_size), top_index, 1)
     position = s.step + 1
     top_tokens = _take(s.live_tokens, top_beam).at[:, :, position].set(top_token)
-    top_token_log_probs = _take(s.live_token_log_probs, top_beam).at[:, :, position].set(
-        top_token_log_prob)
+    top_token_log_probs = (
+      _take(s.live_token_log_probs, top_beam).at[:, :, position].set(top_token_log_prob)
+    )
     alive = top_scores > NEG_INF / 2
     is_eos = top_token == EOS_ID
 
     # Finished: <EOS> candidates in the top K, of examples not yet done.
-    newly_finished = (is_eos & alive & (jnp.arange(2 * k) < k)[None, :]
-                      & (s.num_finished < k)[:, None])
+    newly_finished = (
+      is_eos & alive & (jnp.arange(2 * k) < k)[None, :] & (s.num_finished < k)[:, None]
+    )
     new_scores = jnp.where(
-        newly_finished, top_scores / length_penalty_factor(position, length_penalty), NEG_INF)
+      newly_finished, top_scores / length_penalty_factor(position, length_penalty), NEG_INF
+    )
     merged_scores = jnp.concatenate([s.finished_scores, new_scores], axis=1)
     finished_scores, keep = jax.lax.top_k(merged_scores, k)
     finished_tokens = _take(jnp.concatenate([s.finished_tokens, top_tokens], 1), keep)
     finished_token_log_probs = _take(
-        jnp.concatenate([s.finished_token_log_probs, top_token_log_probs], 1), keep)
+      jnp.concatenate([s.finished_token_log_probs, top_token_log_probs], 1), keep
+    )
 
     # Live: the K best candidates that did not end in <EOS>.
     live_log_probs, live = jax.lax.top_k(jnp.where(is_eos, NEG_INF, top_scores), k)
     state = gather_beams(state, jnp.take_along_axis(top_beam, live, axis=1), b, k)
     return _BeamState(
-        step=position,
-        live_tokens=_take(top_tokens, live),
-        live_token_log_probs=_take(top_token_log_probs, live),
-        live_log_probs=live_log_probs,
-        finished_tokens=finished_tokens,
-        finished_token_log_probs=finished_token_log_probs,
-        finished_scores=finished_scores,
-        num_finished=s.num_finished + newly_finished.sum(axis=1).astype(jnp.int32),
-        state=state,
+      step=position,
+      live_tokens=_take(top_tokens, live),
+      live_token_log_probs=_take(top_token_log_probs, live),
+      live_log_probs=live_log_probs,
+      finished_tokens=finished_tokens,
+      finished_token_log_probs=finished_token_log_probs,
+      finished_scores=finished_scores,
+      num_finished=s.num_finished + newly_finished.sum(axis=1).astype(jnp.int32),
+      state=state,
     )
 
   final = jax.lax.while_loop(not_finished, decode_one, init)
   # Sorted by top_k: index 0 is the best finished (or, failing that, live) hypothesis.
   any_finished = (final.num_finished > 0)[:, None]
   tokens = jnp.where(any_finished, final.finished_tokens[:, 0], final.live_tokens[:, 0])
-  token_log_probs = jnp.where(any_finished, final.finished_token_log_probs[:, 0],
-                              final.live_token_log_probs[:, 0])
+  token_log_probs = jnp.where(
+    any_finished, final.finished_token_log_probs[:, 0], final.live_token_log_probs[:, 0]
+  )
   return DecodeOutput(tokens=tokens, token_log_probs=token_log_probs)
-
-
-# --- FPHTR glue -------------------------------------------------------------------
-
-
-def _is_cross_attention(key: tuple[str, ...]) -> bool:
-  return "cross_attention" in key
-
-
-def cached_tokens_to_logits(model: fphtr.FPHTR, variables, memory,
-                            batch_size: int) -> tuple[TokensToLogits, Any]:
-  """One decoder step with the KV cache, and its initial state for `batch_size` rows.
-
-  The state is the "cache" collection (`fphtr.init_cache`) less the
-  cross-attention's part: the keys and values of the memory, computed once
-  here for every row of `memory` and held as constants. The loop then neither
-  carries nor copies them, and their cache_index, a constant past 0, lets XLA
-  drop the branch that would project the memory again.
-  """
-  rows, memory_len = memory.shape[:2]
-  _, primed = model.apply(
-      {**variables, "cache": fphtr.init_cache(model, rows, memory_len)}, memory,
-      jnp.full((rows, 1), SOS_ID, jnp.int32), train=False, decode=True,
-      method=fphtr.FPHTR.decode, mutable=["cache"])
-  cross_attention = {
-      key: jnp.ones_like(value) if key[-1] == "cache_index" else value
-      for key, value in traverse_util.flatten_dict(primed["cache"]).items()
-      if _is_cross_attention(key)}
-  state = {key: value for key, value in traverse_util.flatten_dict(
-      fphtr.init_cache(model, batch_size, memory_len)).items() if not _is_cross_attention(key)}
-
-  def tokens_to_logits(tokens, state):
-    cache = traverse_util.unflatten_dict({**state, **cross_attention})
-    logits, mutated = model.apply(
-        {**variables, "cache": cache}, memory, tokens, train=False, decode=True,
-        method=fphtr.FPHTR.decode, mutable=["cache"])
-    new_state = {key: value for key, value in traverse_util.flatten_dict(mutated["cache"]).items()
-                 if not _is_cross_attention(key)}
-    return logits[:, -1], new_state
-
-  return tokens_to_logits, state
-
-
-def uncached_tokens_to_logits(model: fphtr.FPHTR, variables, memory) -> TokensToLogits:
-  """One step that re-runs the whole decoder; state = {"tokens": [N, L'], "index": scalar}.
-
-  The token at `index` is written into the buffer, the decoder reads the
-  buffer (the causal mask hides the positions not written yet) and the logits
-  at `index` are returned. The buffer has a static length, so every step costs
-  a full pass over it, memory projections included.
-  """
-
-  def tokens_to_logits(tokens, state):
-    index = state["index"]
-    buffer = jax.lax.dynamic_update_slice_in_dim(state["tokens"], tokens, index, axis=1)
-    logits = model.apply(variables, memory, buffer, train=False, method=fphtr.FPHTR.decode)
-    step_logits = jax.lax.dynamic_index_in_dim(logits, index, axis=1, keepdims=False)
-    return step_logits, {"tokens": buffer, "index": index + 1}
-
-  return tokens_to_logits
-
-
-def check_max_len(max_len: int, model: fphtr.FPHTR, field: str = "decode.max_len"):
-  if not 2 <= max_len <= model.max_len:
-    raise ValueError(f"{field}={max_len} is invalid: expected 2 to {model.max_len} "
-                     "(data.max_len, the length the model's decoder was built for).")
-
-
-def decode_images(model: fphtr.FPHTR, variables, images, *, max_len: int, beam_size: int = 1,
-                  length_penalty: float = 0.0, use_cache: bool = True,
-                  ignore_eos: bool = False) -> DecodeOutput:
-  """Transcribes a batch of pages: encoder once, then greedy or beam search.
-
-  Args:
-    model: the FPHTR module.
-    variables: {"params": ..., "batch_stats": ...}.
-    images: float32 [B, H, W, 1], normalised.
-    max_len: L, length of the returned sequences (2 to model.max_len).
-    beam_size: 1 = greedy search, more = beam search.
-    length_penalty: alpha of the beam search's length penalty.
-    use_cache: decode with the KV cache; False re-runs the decoder over the
-      whole prefix at every step (for tests and benchmarks).
-    ignore_eos: never emit <EOS>, so that every sequence is L long.
-
-  Returns:
-    DecodeOutput: tokens int32 [B, L], token_log_probs float32 [B, L].
-  """
-  check_decode_args(model, max_len, beam_size)
-  memory = model.apply(variables, images, train=False, method=fphtr.FPHTR.encode)
-  return decode_memory(model, variables, memory, max_len=max_len, beam_size=beam_size,
-                       length_penalty=length_penalty, use_cache=use_cache, ignore_eos=ignore_eos)
-
-
-def check_decode_args(model: fphtr.FPHTR, max_len: int, beam_size: int):
-  check_max_len(max_len, model)
-  if beam_size < 1:
-    raise ValueError(f"decode.beam_size={beam_size} is invalid: expected 1 or more.")
-
-
-def decode_memory(model: fphtr.FPHTR, variables, memory, *, max_len: int, beam_size: int = 1,
-                  length_penalty: float = 0.0, use_cache: bool = True,
-                  ignore_eos: bool = False) -> DecodeOutput:
-  """decode_images from the encoder's output, memory [B, S, d_model] (`FPHTR.encode`)."""
-  check_decode_args(model, max_len, beam_size)
-  batch_size = memory.shape[0]
-  if beam_size > 1:
-    memory = jnp.repeat(memory, beam_size, axis=0)
-  if use_cache:
-    tokens_to_logits, state = cached_tokens_to_logits(model, variables, memory, batch_size)
-  else:
-    tokens_to_logits = uncached_tokens_to_logits(model, variables, memory)
-    # Positions 0 .. L - 2 are fed; the last token is never fed back.
-    state = {"tokens": jnp.full((batch_size, max_len - 1), PAD_ID, jnp.int32),
-             "index": jnp.int32(0)}
-  if beam_size == 1:
-    return greedy_search(tokens_to_logits, state, batch_size, max_len, ignore_eos=ignore_eos)
-  return beam_search(tokens_to_logits, state, batch_size, beam_size, max_len,
-                     length_penalty=length_penalty, ignore_eos=ignore_eos)
-
-
-def greedy_decode(model: fphtr.FPHTR, variables, images, max_len: int):
-  """Greedy transcription with the KV cache.
-
-  Args:
-    model: the FPHTR module.
-    variables: {"params": ..., "batch_stats": ...}.
-    images: float32 [B, H, W, 1], normalised.
-    max_len: length of the returned sequences (at most model.max_len).
-
-  Returns:
-    int32 [B, max_len]: <SOS> c1 c2 ... <EOS> <PAD> ...
-  """
-  return decode_images(model, variables, images, max_len=max_len).tokens
-
-
-def decode_max_len(config) -> int:
-  """config.decode.max_len, where 0 means data.max_len."""
-  return int(config.decode.max_len) or int(config.data.max_len)
-
-
-def decode_fn(model: fphtr.FPHTR, config):
-  """decode_images with the settings of config.decode, as f(variables, images)."""
-  return functools.partial(
-      decode_images, model, max_len=decode_max_len(config),
-      beam_size=int(config.decode.beam_size), length_penalty=float(config.decode.length_penalty))
-
-
-def cross_attention(model: fphtr.FPHTR, variables, images, tokens):
-  """The decoder's cross-attention while it wrote `tokens`, averaged over heads and layers.
-
-  One teacher-forced pass over the decoded sequence: the causal mask makes it
-  see exactly what step-by-step decoding saw, so the weights are the same.
-
-  Args:
-    model: the FPHTR module.
-    variables: {"params": ..., "batch_stats": ...}.
-    images: float32 [B, H, W, 1], normalised.
-    tokens: int32 [B, L] decoded sequences, starting with <SOS>.
-
-  Returns:
-    float32 [B, L - 1, S]: row t is the attention over the encoder grid
-    (S = ceil(H/32) * ceil(W/32), row-major) while predicting tokens[:, t + 1].
-  """
-  memory = model.apply(variables, images, train=False, method=fphtr.FPHTR.encode)
-  _, mutated = model.apply(variables, memory, tokens[:, :-1], train=False,
-                           method=fphtr.FPHTR.decode, mutable=["intermediates"])
-  maps = [leaf for path, leaf in jax.tree_util.tree_flatten_with_path(mutated)[0]
-          if "cross_attention" in jax.tree_util.keystr(path)]
-  return jnp.mean(jnp.stack(maps), axis=0)
-
-
-# --- Text and confidences ------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class LineConfidence:
-  """One line of a transcription.
-
-  `confidence` / `min_confidence` are the mean / minimum probability of its
-  tokens: its characters and the token that ends it ("\\n" or <EOS>).
-  `token_span` is the [start, end) of those tokens in the token sequence.
-  """
-
-  text: str
-  confidence: float
-  min_confidence: float
-  token_span: tuple[int, int]
-
-
-@dataclasses.dataclass
-class Transcription:
-  """A page's text with its confidences.
-
-  Attributes:
-    text: the characters decoded, lines separated by "\\n".
-    char_probs: the probability of each character of `text` ("\\n" included).
-    confidence: mean probability of every emitted token, <EOS> included.
-    min_confidence: the least probable emitted token's probability.
-    log_prob: sum of the emitted tokens' log-probabilities.
-    lines: one LineConfidence per line of `text` (`text.split("\\n")`).
-  """
-
-  text: str
-  char_probs: list[float]
-  confidence: float
-  min_confidence: float
-  log_prob: float
-  lines: list[LineConfidence]
-
-  def to_json(self, char_probs: bool = False) -> dict:
-    """A JSON-able dict; lines without their token spans."""
-    out = {"text": self.text, "confidence": self.confidence,
-           "min_confidence": self.min_confidence, "log_prob": self.log_prob,
-           "lines": [{"text": l.text, "confidence": l.confidence,
-                      "min_confidence": l.min_confidence} for l in self.lines]}
-    if char_probs:
-      out["char_probs"] = self.char_probs
-    return out
-
-
-def _mean_min(probs) -> tuple[float, float]:
-  return (float(np.mean(probs)), float(np.min(probs))) if len(probs) else (1.0, 1.0)
-
-
-def transcribe(tokenizer, tokens, token_log_probs) -> Transcription:
-  """A Transcription from one decoded sequence (int [L], float [L], host arrays)."""
-  tokens = np.asarray(tokens).tolist()
-  probs = np.exp(np.asarray(token_log_probs, np.float64))
-  chars, char_probs, lines = [], [], []
-  line_start = 1
-  end = len(tokens)  # without <EOS> within max_len, every position is a character
-  for position in range(1, len(tokens)):
-    token = tokens[position]
-    if token == EOS_ID:
-      end = position + 1
-      break
-    if token >= NUM_SPECIAL:
-      char = tokenizer.charset[token - NUM_SPECIAL]
-      chars.append(char)
-      char_probs.append(float(probs[position]))
-      if char == "\n":
-        lines.append((line_start, position + 1))
-        line_start = position + 1
-  lines.append((line_start, max(end, line_start)))
-  text = "".join(chars)
-  emitted = probs[1:end]
-  line_confidences = []
-  for line_text, (start, stop) in zip(text.split("\n"), lines):
-    mean, low = _mean_min(probs[start:stop])
-    line_confidences.append(LineConfidence(line_text, mean, low, (start, stop)))
-  mean, low = _mean_min(emitted)
-  return Transcription(text=text, char_probs=char_probs, confidence=mean, min_confidence=low,
-                       log_prob=float(np.sum(np.asarray(token_log_probs)[1:end])),
-                       lines=line_confidences)
-
-
-def transcriptions(tokenizer, output: DecodeOutput) -> list[Transcription]:
-  """One Transcription per row of a (host-fetched) DecodeOutput."""
-  tokens = np.asarray(output.tokens)
-  token_log_probs = np.asarray(output.token_log_probs)
-  return [transcribe(tokenizer, t, lp) for t, lp in zip(tokens, token_log_probs)]

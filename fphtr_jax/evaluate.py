@@ -19,20 +19,20 @@ Every example counts once: the last batch is padded with masked blank pages.
 
 import json
 import os
-import time
 
-import jax
-import numpy as np
 from absl import app, flags, logging
 from clu import metric_writers
+import jax
 
-from fphtr_jax import decoding, inference, sharding, train, visualize
-from fphtr_jax import metrics as text_metrics
+from fphtr_jax import evaluation, inference, visualize
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("split", "validation", ["validation", "test"], "Split to score.")
-flags.DEFINE_string("output_dir", None, "Where to write the predictions and the summary "
-                    "(default: a folder under <workdir>/evaluations).")
+flags.DEFINE_string(
+  "output_dir",
+  None,
+  "Where to write the predictions and the summary (default: a folder under <workdir>/evaluations).",
+)
 
 
 def default_output_dir(workdir: str, run: inference.Run, split: str) -> str:
@@ -43,72 +43,20 @@ def default_output_dir(workdir: str, run: inference.Run, split: str) -> str:
 
 
 def evaluate_split(run: inference.Run, split: str = "validation", *, num_images: int = 0):
-  """Decodes every example of `split` with config.decode and scores it.
+  """Decodes every example of `split` with config.decode and scores it (evaluation.py).
 
   Returns:
     (summary dict, predictions: one dict per example in id order, pages:
     uint8 [H', W, 3] images of the first `num_images` pages with their text).
   """
-  from input_pipeline import pipeline  # TensorFlow only where batches are made.
+  from input_pipeline import datasets  # TensorFlow only where batches are made.
 
-  config = run.config
-  eval_ds = pipeline.create_eval_dataset(
-      config, split, process_index=jax.process_index(), process_count=jax.process_count())
-  p_decode = inference.jit_decode(run)
-  p_eval_step = jax.jit(train.eval_step)
-  predictions, pages, eval_metrics = [], [], None
-  start = time.monotonic()
-  with run.mesh_context():
-    for batch_index, batch in enumerate(eval_ds.as_numpy_iterator()):
-      global_batch = sharding.put_batch(batch, run.mesh)
-      update = p_eval_step(run.state, global_batch)
-      eval_metrics = update if eval_metrics is None else eval_metrics.merge(update)
-      output = p_decode(run.variables, global_batch["image"])
-      fetched = inference.fetch({"tokens": output.tokens, "log_probs": output.token_log_probs,
-                                 "references": global_batch["tokens"],
-                                 "mask": global_batch["mask"]})
-      texts = decoding.transcriptions(
-          run.tokenizer, decoding.DecodeOutput(fetched["tokens"], fetched["log_probs"]))
-      references = run.tokenizer.decode_batch(fetched["references"])
-      global_size = len(texts)
-      for position, (reference, text, mask) in enumerate(
-          zip(references, texts, fetched["mask"])):
-        if mask <= 0:
-          continue
-        predictions.append({
-            "id": f"{split}/{batch_index * global_size + position:06d}",
-            "reference": reference,
-            "hypothesis": text.text,
-            "cer": text_metrics.character_edits(reference, text.text) / max(len(reference), 1),
-            "confidence": text.confidence,
-            "min_confidence": text.min_confidence,
-            "log_prob": text.log_prob,
-        })
-      # This process's examples lead its slice of the global batch.
-      offset = jax.process_index() * len(batch["mask"])
-      for position, (image, mask) in enumerate(zip(batch["image"], batch["mask"])):
-        if mask > 0 and len(pages) < num_images:
-          pages.append(visualize.page_with_text(image, references[offset + position],
-                                                texts[offset + position].text))
-  seconds = time.monotonic() - start
-  references = [p["reference"] for p in predictions]
-  hypotheses = [p["hypothesis"] for p in predictions]
-  summary = {
-      "split": split,
-      "checkpoint": run.which,
-      "step": run.step,
-      "num_examples": len(predictions),
-      "cer": text_metrics.character_error_rate(references, hypotheses),
-      "wer": text_metrics.word_error_rate(references, hypotheses),
-      **{k: float(v) for k, v in eval_metrics.compute().items()},
-      "mean_confidence": float(np.mean([p["confidence"] for p in predictions])),
-      "beam_size": int(config.decode.beam_size),
-      "length_penalty": float(config.decode.length_penalty),
-      "max_len": decoding.decode_max_len(config),
-      "seconds": seconds,
-      "examples_per_s": len(predictions) / seconds,
-  }
-  return summary, predictions, pages
+  eval_ds = datasets.create_eval_dataset(
+    run.config, split, process_index=jax.process_index(), process_count=jax.process_count()
+  )
+  evaluator = evaluation.Evaluator(run.model, run.config, run.tokenizer, run.mesh)
+  summary, predictions, pages = evaluator(run.state, eval_ds, split=split, num_images=num_images)
+  return {"split": split, "checkpoint": run.which, "step": run.step, **summary}, predictions, pages
 
 
 def write_results(output_dir: str, summary: dict, predictions: list[dict], pages):
@@ -121,12 +69,20 @@ def write_results(output_dir: str, summary: dict, predictions: list[dict], pages
     json.dump(summary, f, indent=2)
   writer = metric_writers.create_default_writer(output_dir)
   split, step = summary["split"], summary["step"]
-  writer.write_scalars(step, {f"{split}/{k}": summary[k]
-                              for k in ("cer", "wer", "loss", "accuracy", "mean_confidence")})
+  writer.write_scalars(
+    step,
+    {f"{split}/{k}": summary[k] for k in ("cer", "wer", "loss", "accuracy", "mean_confidence")},
+  )
   if pages:
     writer.write_images(step, {f"{split}/pages": visualize.stack_images(pages)})
-  writer.write_texts(step, {f"{split}/sample": visualize.markdown_pairs(
-      [(p["reference"], p["hypothesis"]) for p in predictions[:8]])})
+  writer.write_texts(
+    step,
+    {
+      f"{split}/sample": visualize.markdown_pairs(
+        [(p["reference"], p["hypothesis"]) for p in predictions[:8]]
+      )
+    },
+  )
   writer.close()
 
 
@@ -135,7 +91,8 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   run = inference.restore_run(FLAGS.workdir, FLAGS.config, FLAGS.checkpoint)
   summary, predictions, pages = evaluate_split(
-      run, FLAGS.split, num_images=int(run.config.eval.num_images))
+    run, FLAGS.split, num_images=int(run.config.eval.num_images)
+  )
   if jax.process_index() == 0:
     output_dir = FLAGS.output_dir or default_output_dir(FLAGS.workdir, run, FLAGS.split)
     write_results(output_dir, summary, predictions, pages)

@@ -14,18 +14,16 @@ import os
 import sys
 from typing import Any, Callable
 
+from absl import flags, logging
 import flax
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
-import orbax.checkpoint as ocp
-from absl import flags, logging
-from jax.experimental import multihost_utils
 from ml_collections import config_flags
+import orbax.checkpoint as ocp
 
 from configs import default as default_config
-from fphtr_jax import checkpointing, decoding, sharding, train
+from fphtr_jax import checkpointing, config_validation, sharding, train
 from fphtr_jax import tokenizer as tokenizer_lib
 
 FLAGS = flags.FLAGS
@@ -35,9 +33,12 @@ CONFIG_FILENAME = "config.json"
 # Flags of both command lines; --config is defined once the workdir is known
 # (parse_flags_with_saved_config).
 flags.DEFINE_string("workdir", None, "Workdir of a training run (config, checkpoints).")
-flags.DEFINE_string("checkpoint", "latest",
-                    "Which checkpoint: 'latest', 'best' (lowest validation CER) or a step "
-                    "number of the latest checkpoints.")
+flags.DEFINE_string(
+  "checkpoint",
+  "latest",
+  "Which checkpoint: 'latest', 'best' (lowest validation CER) or a step "
+  "number of the latest checkpoints.",
+)
 
 
 def _to_config_dict(value, in_tuple: bool = False):
@@ -75,11 +76,14 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
       saved = json.load(f)
   else:
     manager = ocp.CheckpointManager(
-        os.path.join(os.path.abspath(workdir), checkpointing.CHECKPOINT_DIR))
+      os.path.join(os.path.abspath(workdir), checkpointing.CHECKPOINT_DIR)
+    )
     step = manager.latest_step()
     if step is None:
-      raise FileNotFoundError(f"{workdir} has no {CONFIG_FILENAME} and no checkpoint: is it the "
-                              "--workdir of a training run?")
+      raise FileNotFoundError(
+        f"{workdir} has no {CONFIG_FILENAME} and no checkpoint: is it the "
+        "--workdir of a training run?"
+      )
     saved = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
     manager.close()
   config = default_config.get_config()
@@ -105,13 +109,16 @@ def parse_flags_with_saved_config(argv: list[str]) -> list[str]:
   workdir = _flag_value(argv, "workdir")
   asks_help = any(arg in ("--help", "-h", "--helpfull") for arg in argv)
   if workdir is None and not asks_help:
-    sys.stderr.write("FATAL Flags parsing error: --workdir (the training run's workdir) is "
-                     "required.\nPass --helpfull to see the flags.\n")
+    sys.stderr.write(
+      "FATAL Flags parsing error: --workdir (the training run's workdir) is "
+      "required.\nPass --helpfull to see the flags.\n"
+    )
     sys.exit(1)
   # Without a workdir an empty config is enough to print the help.
   config = ml_collections.ConfigDict() if workdir is None else load_config(workdir)
-  config_flags.DEFINE_config_dict("config", config, "The run's saved config; override "
-                                  "fields with --config.section.field=value.")
+  config_flags.DEFINE_config_dict(
+    "config", config, "The run's saved config; override fields with --config.section.field=value."
+  )
   try:
     return FLAGS(argv)
   except flags.Error as e:
@@ -157,12 +164,12 @@ def parse_checkpoint(checkpoint: str) -> tuple[str, int | None]:
     return checkpoint, None
   if checkpoint.isdigit():
     return "latest", int(checkpoint)
-  raise ValueError(f"--checkpoint={checkpoint!r} is invalid: expected 'latest', 'best' or a "
-                   "step number.")
+  raise ValueError(
+    f"--checkpoint={checkpoint!r} is invalid: expected 'latest', 'best' or a step number."
+  )
 
 
-def restore_run(workdir: str, config: ml_collections.ConfigDict,
-                checkpoint: str = "latest") -> Run:
+def restore_run(workdir: str, config: ml_collections.ConfigDict, checkpoint: str = "latest") -> Run:
   """Rebuilds the model of `config` and restores a checkpoint of `workdir` into it.
 
   Args:
@@ -173,7 +180,7 @@ def restore_run(workdir: str, config: ml_collections.ConfigDict,
   Returns:
     The Run, its state placed on the mesh of config.mesh.
   """
-  train.validate_config(config)
+  config_validation.validate_config(config)
   which, step = parse_checkpoint(checkpoint)
   mesh = sharding.create_mesh(config.mesh)
   sharding.check_batch_size(config.eval.batch_size, mesh, "eval.batch_size")
@@ -183,8 +190,9 @@ def restore_run(workdir: str, config: ml_collections.ConfigDict,
   if step is None and not steps:
     raise FileNotFoundError(f"No {which} checkpoint in {manager.directory}.")
   if step is not None and step not in steps:
-    raise FileNotFoundError(f"No checkpoint of step {step} in {manager.directory}; it has "
-                            f"steps {sorted(steps)}.")
+    raise FileNotFoundError(
+      f"No checkpoint of step {step} in {manager.directory}; it has steps {sorted(steps)}."
+    )
   # The model's size depends on the vocabulary: read it before building the model.
   step = max(steps) if step is None else step
   vocab = manager.restore(step, args=ocp.args.Composite(vocab=ocp.args.JsonRestore()))
@@ -192,32 +200,33 @@ def restore_run(workdir: str, config: ml_collections.ConfigDict,
   model = train.create_model(config, tokenizer)
   # Shapes and shardings only, then the parameters and BatchNorm statistics
   # straight into place; the optimizer state stays on disk.
-  d = config.data
-  images = jnp.zeros((1, d.image_height, d.image_width, 1), jnp.float32)
-  tokens = jnp.zeros((1, d.max_len - 1), jnp.int32)
+  images, tokens = train.init_inputs(config)
   rules = sharding.logical_rules(config.mesh)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     boxed = jax.eval_shape(
-        lambda: model.init({"params": jax.random.key(0)}, images, tokens, train=False))
+      lambda: model.init({"params": jax.random.key(0)}, images, tokens, train=False)
+    )
     shardings = sharding.logical_to_shardings(boxed, mesh, rules)
-  abstract = {name: checkpointing.abstract_like(nn.unbox(boxed[name]), shardings[name])
-              for name in ("params", "batch_stats") if name in boxed}
-  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-      item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
-      partial_restore=True)))["state"]
+  abstract = {
+    name: checkpointing.abstract_like(nn.unbox(boxed[name]), shardings[name])
+    for name in ("params", "batch_stats")
+    if name in boxed
+  }
+  restored = manager.restore(
+    step,
+    args=ocp.args.Composite(
+      state=ocp.args.PyTreeRestore(
+        item=abstract,
+        restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+        partial_restore=True,
+      )
+    ),
+  )["state"]
   checkpointer.close()
   logging.info("Restored the %s checkpoint of step %d from %s.", which, step, workdir)
-  state = InferenceState(apply_fn=model.apply, params=restored["params"],
-                         batch_stats=restored.get("batch_stats", {}))
-  return Run(config=config, model=model, state=state, tokenizer=tokenizer, step=step,
-             which=which, mesh=mesh)
-
-
-def jit_decode(run: Run):
-  """f(variables, images float32 [B, H, W, 1] global array) -> DecodeOutput, per config.decode."""
-  return jax.jit(decoding.decode_fn(run.model, run.config))
-
-
-def fetch(tree):
-  """Global arrays (batch sharded, possibly over several hosts) -> numpy on every host."""
-  return multihost_utils.process_allgather(tree, tiled=True)
+  state = InferenceState(
+    apply_fn=model.apply, params=restored["params"], batch_stats=restored.get("batch_stats", {})
+  )
+  return Run(
+    config=config, model=model, state=state, tokenizer=tokenizer, step=step, which=which, mesh=mesh
+  )

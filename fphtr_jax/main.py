@@ -22,22 +22,28 @@ together. See launch/ for ready-made launchers.
 
 import logging as std_logging
 
-import jax
 from absl import app, flags, logging
 from clu import platform
+import jax
 from ml_collections import config_flags
 
 from fphtr_jax import distributed, train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and the resolved config.")
-config_flags.DEFINE_config_file("config", None, "Training configuration file.",
-                                lock_config=True)
-flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
-                  "Initialise jax.distributed: auto = when the environment shows several "
-                  "processes (srun, JAX_COORDINATOR_ADDRESS, a multi-host TPU slice).")
-flags.DEFINE_string("coordinator_address", None,
-                    "HOST:PORT of process 0's coordinator, for an explicit multi-host run.")
+config_flags.DEFINE_config_file("config", None, "Training configuration file.", lock_config=True)
+flags.DEFINE_enum(
+  "distributed",
+  "auto",
+  ["auto", "on", "off"],
+  "Initialise jax.distributed: auto = when the environment shows several "
+  "processes (srun, JAX_COORDINATOR_ADDRESS, a multi-host TPU slice).",
+)
+flags.DEFINE_string(
+  "coordinator_address",
+  None,
+  "HOST:PORT of process 0's coordinator, for an explicit multi-host run.",
+)
 flags.DEFINE_integer("num_processes", None, "Number of processes of an explicit multi-host run.")
 flags.DEFINE_integer("process_id", None, "This process's index, 0 .. num_processes - 1.")
 flags.mark_flags_as_required(["config", "workdir"])
@@ -50,20 +56,29 @@ class QuietLibraries(std_logging.Filter):
   """
 
   def filter(self, record):
-    return (record.levelno >= std_logging.WARNING or logging.get_verbosity() > 0
-            or "/orbax/" not in record.pathname)
+    return (
+      record.levelno >= std_logging.WARNING
+      or logging.get_verbosity() > 0
+      or "/orbax/" not in record.pathname
+    )
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.get_absl_handler().addFilter(QuietLibraries())
-  distributed.initialize_distributed(FLAGS.distributed, FLAGS.coordinator_address,
-                                     FLAGS.num_processes, FLAGS.process_id)
-  logging.info("JAX process %d / %d, local devices: %s", jax.process_index(),
-               jax.process_count(), jax.local_devices())
+  distributed.initialize_distributed(
+    FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
+  )
+  logging.info(
+    "JAX process %d / %d, local devices: %s",
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_devices(),
+  )
   platform.work_unit().set_task_status(
-      f"process_index: {jax.process_index()}, process_count: {jax.process_count()}")
+    f"process_index: {jax.process_index()}, process_count: {jax.process_count()}"
+  )
   platform.work_unit().create_artifact(platform.ArtifactType.DIRECTORY, FLAGS.workdir, "workdir")
   train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 

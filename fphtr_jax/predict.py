@@ -23,20 +23,19 @@ An image that cannot be read is reported (stderr, or an "error" field in
 JSON) and the others go on; the exit status is then 1.
 """
 
-import colorsys
 import dataclasses
 import json
 import os
 import sys
 
+from absl import app, flags, logging
 import jax
 import numpy as np
-from absl import app, flags, logging
-from PIL import Image, ImageDraw, ImageFont, ImageOps
+from PIL import Image, ImageOps
 
-from fphtr_jax import decoding, inference, sharding, visualize
+from fphtr_jax import confidence, inference, pixels, sharding, transcribe, visualize
 from fphtr_jax.models import resnet
-from input_pipeline import image_io
+from input_pipeline import common, image_io
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("format", "text", ["text", "json"], "Output format on stdout.")
@@ -101,82 +100,28 @@ def read_grey(path: str, max_pixels: int = image_io.DEFAULT_MAX_PIXELS) -> np.nd
   return np.clip(grey, 0.0, 1.0)
 
 
-def place_on_canvas(grey: np.ndarray, height: int, width: int,
-                    scale: float = 1.0) -> tuple[np.ndarray, int, int]:
+def place_on_canvas(
+  grey: np.ndarray, height: int, width: int, scale: float = 1.0
+) -> tuple[np.ndarray, int, int]:
   """Grey [h, w] in [0, 1] -> (normalised float32 [height, width, 1], placed h, placed w).
 
-  Scaled by `scale`, shrunk (aspect ratio kept) to fit if still larger than
+  The training pipeline's canvas fitting (`input_pipeline.common.fit_to_canvas`):
+  scaled by `scale`, shrunk (aspect ratio kept) to fit if still larger than
   the canvas, and pasted at the top-left of blank paper.
   """
-  h, w = grey.shape
-  factor = min(scale, height / h, width / w)
-  new_h = min(height, max(1, round(h * factor)))
-  new_w = min(width, max(1, round(w * factor)))
-  if (new_h, new_w) != (h, w):
-    resized = Image.fromarray(grey).resize((new_w, new_h), Image.Resampling.BILINEAR,
-                                                     reducing_gap=2.0)
-    grey = np.asarray(resized, np.float32)
-  canvas = np.ones((height, width), np.float32)
-  canvas[:new_h, :new_w] = np.clip(grey, 0.0, 1.0)
-  normalised = (canvas - visualize.IMAGE_MEAN) / visualize.IMAGE_STD
-  return normalised[..., None], new_h, new_w
+  canvas, placed_h, placed_w = common.fit_to_canvas(grey, height, width, scale)
+  return np.asarray(pixels.normalize(canvas), np.float32), int(placed_h), int(placed_w)
 
 
-def load_page(path: str, height: int, width: int, scale: float = 1.0,
-              max_pixels: int = image_io.DEFAULT_MAX_PIXELS) -> Page:
+def load_page(
+  path: str,
+  height: int,
+  width: int,
+  scale: float = 1.0,
+  max_pixels: int = image_io.DEFAULT_MAX_PIXELS,
+) -> Page:
   image, placed_h, placed_w = place_on_canvas(read_grey(path, max_pixels), height, width, scale)
   return Page(path=path, image=image, height=placed_h, width=placed_w)
-
-
-# --- Attention pictures --------------------------------------------------------------
-
-
-def line_colour(index: int) -> tuple[int, int, int]:
-  r, g, b = colorsys.hsv_to_rgb((index * 0.618034) % 1.0, 0.9, 0.9)
-  return int(255 * r), int(255 * g), int(255 * b)
-
-
-def attention_picture(page: Page, transcription: decoding.Transcription,
-                      attention: np.ndarray, stride: tuple[int, int] = (32, 32)) -> np.ndarray:
-  """The page with each line's cross-attention in its colour, the lines written below.
-
-  Args:
-    page: the placed image.
-    transcription: its decoded text and line spans.
-    attention: float32 [L - 1, S], `decoding.cross_attention` of its tokens.
-    stride: (height, width) image pixels per feature cell (resnet.encoder_stride).
-
-  Returns:
-    uint8 [h', w, 3], w the width of the image on the canvas.
-  """
-  canvas_h, canvas_w = page.image.shape[:2]
-  stride_h, stride_w = stride
-  grid_h, grid_w = -(-canvas_h // stride_h), -(-canvas_w // stride_w)
-  grey = visualize.to_uint8(page.image).astype(np.float32) / 255.0
-  picture = np.repeat(grey[..., None], 3, axis=-1) * 0.6 + 0.4  # a paler page
-  for index, line in enumerate(transcription.lines):
-    start, stop = line.token_span
-    # Row t of the attention predicted token t + 1.
-    weights = attention[max(start - 1, 0):max(stop - 1, 0)]
-    if not len(weights):
-      continue
-    heat = weights.mean(axis=0).reshape(grid_h, grid_w)
-    heat = heat / max(float(heat.max()), 1e-9)
-    heat = np.asarray(Image.fromarray(heat.astype(np.float32)).resize(
-        (grid_w * stride_w, grid_h * stride_h), Image.Resampling.BILINEAR))
-    alpha = (0.7 * heat[:canvas_h, :canvas_w])[..., None]
-    picture = picture * (1 - alpha) + alpha * (np.array(line_colour(index)) / 255.0)
-  picture = (np.clip(picture, 0, 1) * 255).astype(np.uint8)[:page.height, :page.width]
-  # The lines below the page, each in its colour, with its confidence.
-  font = ImageFont.load_default()
-  lines = transcription.lines
-  out = Image.new("RGB", (max(page.width, 320), page.height + 14 * len(lines) + 4), "white")
-  out.paste(Image.fromarray(picture), (0, 0))
-  draw = ImageDraw.Draw(out)
-  for index, line in enumerate(lines):
-    draw.text((2, page.height + 2 + 14 * index), f"{line.confidence:.2f}  {line.text}",
-              fill=line_colour(index), font=font)
-  return np.asarray(out)
 
 
 # --- Recognition -----------------------------------------------------------------------
@@ -190,31 +135,32 @@ def recognise(run: inference.Run, pages: list[Page], *, with_attention: bool = F
     page or None each when not `with_attention`).
   """
   batch_size = int(run.config.eval.batch_size)
-  p_decode = inference.jit_decode(run)
-  p_attention = jax.jit(lambda variables, images, tokens: decoding.cross_attention(
-      run.model, variables, images, tokens))
-  blank = np.full_like(pages[0].image, (1.0 - visualize.IMAGE_MEAN) / visualize.IMAGE_STD)
+  p_decode = jax.jit(transcribe.decode_fn(run.model, run.config))
+  p_attention = jax.jit(
+    lambda variables, images, tokens: transcribe.cross_attention(
+      run.model, variables, images, tokens
+    )
+  )
+  blank = np.full_like(pages[0].image, pixels.PAPER)
   texts, attentions = [], []
   with run.mesh_context():
     for start in range(0, len(pages), batch_size):
-      chunk = pages[start:start + batch_size]
+      chunk = pages[start : start + batch_size]
       images = np.stack([p.image for p in chunk] + [blank] * (batch_size - len(chunk)))
       global_images = sharding.put_batch({"image": images}, run.mesh)["image"]
       output = p_decode(run.variables, global_images)
-      fetched = inference.fetch({"tokens": output.tokens, "log_probs": output.token_log_probs})
-      texts += decoding.transcriptions(
-          run.tokenizer, decoding.DecodeOutput(fetched["tokens"], fetched["log_probs"]))[
-              :len(chunk)]
+      texts += confidence.transcriptions(run.tokenizer, sharding.to_host(output))[: len(chunk)]
       if with_attention:
-        attention = inference.fetch(p_attention(run.variables, global_images, output.tokens))
-        attentions += list(attention[:len(chunk)])
+        attention = sharding.to_host(p_attention(run.variables, global_images, output.tokens))
+        attentions += list(attention[: len(chunk)])
       else:
         attentions += [None] * len(chunk)
   return texts, attentions
 
 
-def format_result(path: str, text: decoding.Transcription | None, error: str | None,
-                  output_format: str) -> tuple[str, str]:
+def format_result(
+  path: str, text: confidence.Transcription | None, error: str | None, output_format: str
+) -> tuple[str, str]:
   """(stdout, stderr) lines for one image: its transcription or its error."""
   if error is not None:
     if output_format == "json":
@@ -233,8 +179,9 @@ def main(argv):
   pages, errors = [], {}
   for path in list_images(argv[1:]):
     try:
-      pages.append(load_page(path, int(d.image_height), int(d.image_width), FLAGS.scale,
-                             d.max_image_pixels))
+      pages.append(
+        load_page(path, int(d.image_height), int(d.image_width), FLAGS.scale, d.max_image_pixels)
+      )
     except (UnreadableImage, OSError) as e:
       errors[path] = str(e) if isinstance(e, UnreadableImage) else f"{path}: {e}"
   if not pages and not errors:
@@ -249,8 +196,10 @@ def main(argv):
         os.makedirs(FLAGS.attention_dir, exist_ok=True)
         name = os.path.splitext(os.path.basename(page.path))[0] + ".attention.png"
         stride = resnet.encoder_stride(run.config.model.encoder_last_stride)
-        Image.fromarray(attention_picture(page, text, attention, stride)).save(
-            os.path.join(FLAGS.attention_dir, name))
+        picture = visualize.attention_picture(
+          page.image, text, attention, stride, placed=(page.height, page.width)
+        )
+        Image.fromarray(picture).save(os.path.join(FLAGS.attention_dir, name))
   if jax.process_index() != 0:
     return 1 if errors else 0
   for path in list_images(argv[1:]):  # in the order given

@@ -39,8 +39,10 @@ class Tokenizer:
     """Returns int32 [max_len] (or [len(text) + 2]): <SOS> ids <EOS> <PAD>...."""
     unknown = sorted({c for c in text if c not in self._ids})
     if unknown:
-      raise ValueError(f"Characters {unknown!r} of {text!r} are not in data.charset; "
-                       "add them to the charset or clean the labels.")
+      raise ValueError(
+        f"Characters {unknown!r} of {text!r} are not in data.charset; "
+        "add them to the charset or clean the labels."
+      )
     ids = [SOS_ID] + [self._ids[c] for c in text] + [EOS_ID]
     if max_len is not None:
       if len(ids) > max_len:

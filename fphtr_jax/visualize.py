@@ -1,17 +1,13 @@
-"""Pictures for TensorBoard: pages with their true and predicted text."""
+"""Pictures: pages with their true and predicted text, and attention pictures."""
+
+import colorsys
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-# The input pipeline's normalisation of [0, 1] grey levels.
-IMAGE_MEAN, IMAGE_STD = 0.8275, 0.2314
+from fphtr_jax import pixels
+
 LINE_HEIGHT = 12
-
-
-def to_uint8(image) -> np.ndarray:
-  """Normalised float [H, W, 1] -> uint8 [H, W] grey levels."""
-  grey = np.asarray(image, np.float32)[..., 0] * IMAGE_STD + IMAGE_MEAN
-  return (np.clip(grey, 0.0, 1.0) * 255).astype(np.uint8)
 
 
 def page_with_text(image, reference: str, hypothesis: str) -> np.ndarray:
@@ -19,7 +15,7 @@ def page_with_text(image, reference: str, hypothesis: str) -> np.ndarray:
 
   image: float32 [H, W, 1], normalised. Returns uint8 [H', W, 3].
   """
-  page = Image.fromarray(to_uint8(image)).convert("RGB")
+  page = Image.fromarray(pixels.to_uint8(image)).convert("RGB")
   ref_lines = ["true: " + l for l in reference.split("\n")]
   hyp_lines = ["pred: " + l for l in hypothesis.split("\n")]
   height = page.height + LINE_HEIGHT * (len(ref_lines) + len(hyp_lines) + 1)
@@ -50,6 +46,66 @@ def markdown_pairs(pairs) -> str:
   """(reference, hypothesis) pairs as a Markdown list for TensorBoard's text tab."""
   rows = []
   for ref, hyp in pairs:
-    rows.append("* true: `" + ref.replace("\n", " / ") + "`\n  pred: `"
-                + hyp.replace("\n", " / ") + "`")
+    rows.append(
+      "* true: `" + ref.replace("\n", " / ") + "`\n  pred: `" + hyp.replace("\n", " / ") + "`"
+    )
   return "\n".join(rows)
+
+
+def line_colour(index: int) -> tuple[int, int, int]:
+  r, g, b = colorsys.hsv_to_rgb((index * 0.618034) % 1.0, 0.9, 0.9)
+  return int(255 * r), int(255 * g), int(255 * b)
+
+
+def attention_picture(
+  image, transcription, attention: np.ndarray, stride: tuple[int, int] = (32, 32), placed=None
+) -> np.ndarray:
+  """The page with each line's cross-attention in its colour, the lines written below.
+
+  Args:
+    image: float32 [H, W, 1], the normalised canvas the model read.
+    transcription: its confidence.Transcription (decoded text and line spans).
+    attention: float32 [L - 1, S], `transcribe.cross_attention` of its tokens.
+    stride: (height, width) image pixels per feature cell (resnet.encoder_stride).
+    placed: (height, width) of the page on the canvas (its top-left part);
+      None = the whole canvas.
+
+  Returns:
+    uint8 [h', w, 3], w the width of the page on the canvas.
+  """
+  canvas_h, canvas_w = image.shape[:2]
+  placed_h, placed_w = placed or (canvas_h, canvas_w)
+  stride_h, stride_w = stride
+  grid_h, grid_w = -(-canvas_h // stride_h), -(-canvas_w // stride_w)
+  grey = pixels.to_grey(image)
+  picture = np.repeat(grey[..., None], 3, axis=-1) * 0.6 + 0.4  # a paler page
+  for index, line in enumerate(transcription.lines):
+    start, stop = line.token_span
+    # Row t of the attention predicted token t + 1.
+    weights = attention[max(start - 1, 0) : max(stop - 1, 0)]
+    if not len(weights):
+      continue
+    heat = weights.mean(axis=0).reshape(grid_h, grid_w)
+    heat = heat / max(float(heat.max()), 1e-9)
+    heat = np.asarray(
+      Image.fromarray(heat.astype(np.float32)).resize(
+        (grid_w * stride_w, grid_h * stride_h), Image.Resampling.BILINEAR
+      )
+    )
+    alpha = (0.7 * heat[:canvas_h, :canvas_w])[..., None]
+    picture = picture * (1 - alpha) + alpha * (np.array(line_colour(index)) / 255.0)
+  picture = (np.clip(picture, 0, 1) * 255).astype(np.uint8)[:placed_h, :placed_w]
+  # The lines below the page, each in its colour, with its confidence.
+  font = ImageFont.load_default()
+  lines = transcription.lines
+  out = Image.new("RGB", (max(placed_w, 320), placed_h + 14 * len(lines) + 4), "white")
+  out.paste(Image.fromarray(picture), (0, 0))
+  draw = ImageDraw.Draw(out)
+  for index, line in enumerate(lines):
+    draw.text(
+      (2, placed_h + 2 + 14 * index),
+      f"{line.confidence:.2f}  {line.text}",
+      fill=line_colour(index),
+      font=font,
+    )
+  return np.asarray(out)

@@ -28,8 +28,9 @@ def _uniform(seed, lo, hi, shape=(), dtype=tf.float64):
 
 def _translation(tx, ty):
   zero, one = tf.zeros_like(tx), tf.ones_like(tx)
-  return tf.stack([tf.stack([one, zero, tx]), tf.stack([zero, one, ty]),
-                   tf.stack([zero, zero, one])])
+  return tf.stack(
+    [tf.stack([one, zero, tx]), tf.stack([zero, one, ty]), tf.stack([zero, zero, one])]
+  )
 
 
 def _homography(source, target):
@@ -51,8 +52,9 @@ def _apply(matrix, points):
   return homogeneous[:, :2] / homogeneous[:, 2:]
 
 
-def warp_matrix(content_box, canvas_shape, seed, *, max_rotation: float, perspective: bool,
-                random_placement: bool) -> tf.Tensor:
+def warp_matrix(
+  content_box, canvas_shape, seed, *, max_rotation: float, perspective: bool, random_placement: bool
+) -> tf.Tensor:
   """float64 [3, 3] projective map from input to output pixel coordinates (x, y).
 
   Args:
@@ -76,17 +78,31 @@ def warp_matrix(content_box, canvas_shape, seed, *, max_rotation: float, perspec
   room_y = height - 2.0 * half_h * scale
   room_x = width - 2.0 * half_w * scale
   limit = tf.minimum(
-      tf.constant(math.radians(max_rotation), tf.float64),
-      tf.minimum(tf.asin(tf.clip_by_value(room_y / (2.0 * half_w * scale), 0.0, 1.0)),
-                 tf.asin(tf.clip_by_value(room_x / (2.0 * half_h * scale), 0.0, 1.0))))
+    tf.constant(math.radians(max_rotation), tf.float64),
+    tf.minimum(
+      tf.asin(tf.clip_by_value(room_y / (2.0 * half_w * scale), 0.0, 1.0)),
+      tf.asin(tf.clip_by_value(room_x / (2.0 * half_h * scale), 0.0, 1.0)),
+    ),
+  )
   angle = _uniform(seeds[1], -1.0, 1.0) * limit
   cos, sin = scale * tf.cos(angle), scale * tf.sin(angle)
   zero = tf.zeros_like(cos)
-  rotate = tf.stack([tf.stack([cos, -sin, zero]), tf.stack([sin, cos, zero]),
-                     tf.stack([zero, zero, tf.ones_like(cos)])])
+  rotate = tf.stack(
+    [
+      tf.stack([cos, -sin, zero]),
+      tf.stack([sin, cos, zero]),
+      tf.stack([zero, zero, tf.ones_like(cos)]),
+    ]
+  )
   forward = rotate @ _translation(-centre_x, -centre_y)
-  corners = tf.stack([tf.stack([-half_w, -half_h]), tf.stack([half_w, -half_h]),
-                      tf.stack([half_w, half_h]), tf.stack([-half_w, half_h])])
+  corners = tf.stack(
+    [
+      tf.stack([-half_w, -half_h]),
+      tf.stack([half_w, -half_h]),
+      tf.stack([half_w, half_h]),
+      tf.stack([-half_w, half_h]),
+    ]
+  )
   corners = _apply(rotate, corners)
 
   if perspective:
@@ -124,10 +140,13 @@ def warp(ink, content_box, seed, **kwargs) -> tf.Tensor:
   inverse = tf.linalg.inv(forward)
   inverse = tf.reshape(inverse / inverse[2, 2], [9])[:8]
   warped = tf.raw_ops.ImageProjectiveTransformV3(
-      images=tf.cast(ink, tf.float32)[None, :, :, None],
-      transforms=tf.cast(inverse, tf.float32)[None],
-      output_shape=tf.constant([height, width], tf.int32),
-      fill_value=tf.constant(0.0), interpolation="BILINEAR", fill_mode="CONSTANT")
+    images=tf.cast(ink, tf.float32)[None, :, :, None],
+    transforms=tf.cast(inverse, tf.float32)[None],
+    output_shape=tf.constant([height, width], tf.int32),
+    fill_value=tf.constant(0.0),
+    interpolation="BILINEAR",
+    fill_mode="CONSTANT",
+  )
   return warped[0, :, :, 0]
 
 
@@ -148,7 +167,8 @@ def photometric(grey, seed) -> tf.Tensor:
   # Noise on half of the images, as in the reference (albumentations' default
   # p=0.5); it is the costliest op of the pipeline.
   grey = tf.cond(
-      _uniform(seeds[4], 0.0, 1.0) < NOISE_PROBABILITY,
-      lambda: grey + tf.random.stateless_normal(tf.shape(grey), seeds[3], alg="philox") * noise_std,
-      lambda: grey)
+    _uniform(seeds[4], 0.0, 1.0) < NOISE_PROBABILITY,
+    lambda: grey + tf.random.stateless_normal(tf.shape(grey), seeds[3], alg="philox") * noise_std,
+    lambda: grey,
+  )
   return tf.clip_by_value(grey, 0.0, 1.0)

@@ -36,8 +36,9 @@ def open_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
         raise BadImageError(f"{path} is an image with no pixels ({width}x{height}).")
       if width * height > max_pixels:
         raise BadImageError(
-            f"{path} is {width}x{height} = {width * height:,} pixels, more than "
-            f"data.max_image_pixels={max_pixels:,}; shrink it, or raise that limit.")
+          f"{path} is {width}x{height} = {width * height:,} pixels, more than "
+          f"data.max_image_pixels={max_pixels:,}; shrink it, or raise that limit."
+        )
       opened.load()  # Decodes now: a truncated file fails here, not later.
       return opened.copy()
   except BadImageError:

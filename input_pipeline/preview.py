@@ -9,16 +9,14 @@ example's tokens printed below it) and DIR/page_NN.png / DIR/page_NN.txt.
 
 import os
 
-from absl import app
-from absl import flags
-from absl import logging
+from absl import app, flags, logging
 from ml_collections import config_flags
 import numpy as np
-from PIL import Image
-from PIL import ImageDraw
-from PIL import ImageFont
+from PIL import Image, ImageDraw, ImageFont
 
-from input_pipeline import pipeline
+from fphtr_jax import pixels
+from fphtr_jax import tokenizer as tokenizer_lib
+from input_pipeline import datasets
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 _OUT = flags.DEFINE_string("out", None, "Folder to write the PNGs to.")
@@ -28,23 +26,6 @@ _COLUMNS = flags.DEFINE_integer("columns", 4, "Examples per row of the grid.")
 
 _FONT_SIZE = 12
 _PADDING = 8
-
-
-def to_grey(image: np.ndarray) -> np.ndarray:
-  """Normalised float [H, W, 1] -> uint8 [H, W] grey levels."""
-  grey = image[..., 0] * pipeline.IMAGE_STD + pipeline.IMAGE_MEAN
-  return (np.clip(grey, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-
-
-def decode(tokens: np.ndarray, charset: str) -> str:
-  """Text of int32 [T] tokens: the characters between <SOS> and the first <EOS>."""
-  chars = []
-  for token in tokens.tolist():
-    if token == pipeline.EOS_ID:
-      break
-    if token >= pipeline.NUM_SPECIAL:
-      chars.append(charset[token - pipeline.NUM_SPECIAL])
-  return "".join(chars)
 
 
 def _wrap(text: str, font, width: int) -> list[str]:
@@ -80,7 +61,7 @@ def captioned(page: np.ndarray, text: str) -> Image.Image:
 
 def grid(cells: list[Image.Image], columns: int) -> Image.Image:
   """Cells in rows of `columns`, top-aligned, on white."""
-  rows = [cells[i:i + columns] for i in range(0, len(cells), columns)]
+  rows = [cells[i : i + columns] for i in range(0, len(cells), columns)]
   width = max(sum(c.width for c in row) + _PADDING * (len(row) + 1) for row in rows)
   heights = [max(c.height for c in row) + _PADDING for row in rows]
   canvas = Image.new("L", (width, sum(heights) + _PADDING), 255)
@@ -113,11 +94,12 @@ def main(argv):
   if not out:
     raise app.UsageError("--out=DIR is required.")
   os.makedirs(out, exist_ok=True)
-  train_ds, eval_ds = pipeline.create_datasets(config)
+  train_ds, eval_ds = datasets.create_datasets(config)
   images, tokens = take_examples(train_ds if _SPLIT.value == "train" else eval_ds, _NUM.value)
+  tokenizer = tokenizer_lib.Tokenizer(config.data.charset)
   cells = []
   for i, (image, ids) in enumerate(zip(images, tokens)):
-    page, text = to_grey(image), decode(ids, config.data.charset)
+    page, text = pixels.to_uint8(image), tokenizer.decode(ids)
     Image.fromarray(page).save(os.path.join(out, f"page_{i:02d}.png"))
     with open(os.path.join(out, f"page_{i:02d}.txt"), "w", encoding="utf-8") as f:
       f.write(text + "\n")

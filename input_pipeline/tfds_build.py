@@ -5,7 +5,7 @@ commands at start-up, and one of them (convert_format) needs apache-beam,
 whose releases pin protobuf < 7 and pillow < 13, older than this project's.
 This runs TFDS's own `build` command by itself: same code, same flags.
 
-  python -m input_pipeline.tfds_build input_pipeline/iam_tfds.py --config=line \\
+  python -m input_pipeline.tfds_build input_pipeline/iam/tfds_builder.py --config=line \\
       --manual_dir=~/data/iam --data_dir=~/tensorflow_datasets
 """
 

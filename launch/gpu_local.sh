@@ -2,7 +2,7 @@
 # Trains on all GPUs of this machine: one process, one device per GPU; the
 # config's mesh spreads over them (default: data parallel).
 #   bash launch/gpu_local.sh [CONFIG] [WORKDIR] [--config.field=value ...]
-#   CUDA_VISIBLE_DEVICES=0,1 bash launch/gpu_local.sh configs/fsdp.py
+#   CUDA_VISIBLE_DEVICES=0,1 bash launch/gpu_local.sh configs/fullpage.py --config.mesh.preset=fsdp
 #
 # requirements.txt pins the CPU build of jax. On first use this installs the
 # CUDA 12 build of the same version into the environment:

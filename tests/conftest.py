@@ -32,26 +32,27 @@ def bank_cache_dir(tmp_path_factory):
 @pytest.fixture
 def tiny_config(bank_cache_dir):
   from configs import tiny
+
   config = tiny.get_config()
   config.data.cache_dir = bank_cache_dir
   return config
 
 
-# The recipe that trains the tiny model stably (DESIGN.md): pre-norm, AdamW,
+# The recipe that trains the tiny model stably: pre-norm, AdamW,
 # warmup + cosine decay, clipping. Evaluated on a set that ends in a partial batch.
 TINY_TRAIN_STEPS = 400
 TINY_TRAIN_FLAGS = (
-    f"--config.train.num_steps={TINY_TRAIN_STEPS}",
-    f"--config.checkpoint.every_steps={TINY_TRAIN_STEPS // 2}",
-    f"--config.eval.every_steps={TINY_TRAIN_STEPS}",
-    "--config.eval.num_examples=12",
-    "--config.model.pre_norm=True",
-    "--config.train.optimizer=adamw",
-    "--config.train.schedule=cosine",
-    "--config.train.warmup_steps=50",
-    "--config.train.learning_rate=3e-3",
-    "--config.train.grad_clip_norm=1.0",
-    "--config.train.log_every_steps=100",
+  f"--config.train.num_steps={TINY_TRAIN_STEPS}",
+  f"--config.checkpoint.every_steps={TINY_TRAIN_STEPS // 2}",
+  f"--config.eval.every_steps={TINY_TRAIN_STEPS}",
+  "--config.eval.num_examples=12",
+  "--config.model.pre_norm=True",
+  "--config.train.optimizer=adamw",
+  "--config.train.schedule=cosine",
+  "--config.train.warmup_steps=50",
+  "--config.train.learning_rate=3e-3",
+  "--config.train.grad_clip_norm=1.0",
+  "--config.train.log_every_steps=100",
 )
 
 
@@ -59,9 +60,15 @@ TINY_TRAIN_FLAGS = (
 def trained_tiny_workdir(tmp_path_factory, bank_cache_dir):
   """Workdir of configs/tiny.py trained for TINY_TRAIN_STEPS steps by the training CLI."""
   workdir = str(tmp_path_factory.mktemp("trained_tiny") / "run")
-  command = [sys.executable, "-m", "fphtr_jax.main", "--config=configs/tiny.py",
-             f"--workdir={workdir}", f"--config.data.cache_dir={bank_cache_dir}",
-             *TINY_TRAIN_FLAGS]
+  command = [
+    sys.executable,
+    "-m",
+    "fphtr_jax.main",
+    "--config=configs/tiny.py",
+    f"--workdir={workdir}",
+    f"--config.data.cache_dir={bank_cache_dir}",
+    *TINY_TRAIN_FLAGS,
+  ]
   result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
   assert result.returncode == 0, result.stderr[-5000:]
   return workdir

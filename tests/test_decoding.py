@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fphtr_jax import decoding, inference
+from fphtr_jax import confidence, decoding, inference, transcribe
 from fphtr_jax import metrics as text_metrics
 from fphtr_jax import tokenizer as tokenizer_lib
 from fphtr_jax.models import fphtr
@@ -25,10 +25,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 _decode_jit = jax.jit(
-    decoding.decode_memory, static_argnums=0,
-    static_argnames=("max_len", "beam_size", "length_penalty", "use_cache", "ignore_eos"))
-_encode_jit = jax.jit(lambda model, variables, images: model.apply(
-    variables, images, train=False, method=fphtr.FPHTR.encode), static_argnums=0)
+  transcribe.decode_memory,
+  static_argnums=0,
+  static_argnames=("max_len", "beam_size", "length_penalty", "use_cache", "ignore_eos"),
+)
+_encode_jit = jax.jit(
+  lambda model, variables, images: model.apply(
+    variables, images, train=False, method=fphtr.FPHTR.encode
+  ),
+  static_argnums=0,
+)
 
 
 def _decode(model, variables, memory, **kwargs) -> decoding.DecodeOutput:
@@ -42,14 +48,19 @@ def random_model():
   The searches only run the decoder; leaving the encoder out keeps this fast.
   """
   from configs import tiny
+
   config = tiny.get_config()
-  model = fphtr.create_model(config.model, tokenizer_lib.Tokenizer(config.data.charset).vocab_size,
-                             config.data.max_len)
+  model = fphtr.create_model(
+    config.model, tokenizer_lib.Tokenizer(config.data.charset).vocab_size, config.data.max_len
+  )
   d = config.data
   memory_len = -(-d.image_height // 32) * -(-d.image_width // 32)
   memory = jax.random.normal(jax.random.key(0), (4, memory_len, config.model.d_model))
-  init = jax.jit(lambda rng, memory, tokens: nn.unbox(model.init(
-      rng, memory, tokens, train=False, method=fphtr.FPHTR.decode)))
+  init = jax.jit(
+    lambda rng, memory, tokens: nn.unbox(
+      model.init(rng, memory, tokens, train=False, method=fphtr.FPHTR.decode)
+    )
+  )
   variables = init(jax.random.key(1), memory[:1], jnp.zeros((1, d.max_len - 1), jnp.int32))
   return model, variables, memory
 
@@ -57,15 +68,20 @@ def random_model():
 @pytest.fixture(scope="module")
 def trained(trained_tiny_workdir):
   """(run, eval images [32, H, W, 1], their memory, reference texts) of the trained model."""
-  from input_pipeline import pipeline
+  from input_pipeline import datasets
+
   config = inference.load_config(trained_tiny_workdir)
   config.eval.num_examples = 32
   config.eval.batch_size = 32
   run = inference.restore_run(trained_tiny_workdir, config, "latest")
-  batch = next(pipeline.create_eval_dataset(config, "validation").as_numpy_iterator())
+  batch = next(datasets.create_eval_dataset(config, "validation").as_numpy_iterator())
   images = jnp.asarray(batch["image"])
-  return (run, images, _encode_jit(run.model, run.variables, images),
-          run.tokenizer.decode_batch(batch["tokens"]))
+  return (
+    run,
+    images,
+    _encode_jit(run.model, run.variables, images),
+    run.tokenizer.decode_batch(batch["tokens"]),
+  )
 
 
 # --- Random weights ----------------------------------------------------------------------
@@ -75,8 +91,9 @@ def test_cached_equals_uncached_on_random_weights(random_model):
   model, variables, memory = random_model
   for ignore_eos in (False, True):
     cached = _decode(model, variables, memory, max_len=model.max_len, ignore_eos=ignore_eos)
-    uncached = _decode(model, variables, memory, max_len=model.max_len, ignore_eos=ignore_eos,
-                       use_cache=False)
+    uncached = _decode(
+      model, variables, memory, max_len=model.max_len, ignore_eos=ignore_eos, use_cache=False
+    )
     np.testing.assert_array_equal(cached.tokens, uncached.tokens)
     np.testing.assert_allclose(cached.token_log_probs, uncached.token_log_probs, atol=1e-5)
   # Forced to full length: every position written, never a special token, and
@@ -144,7 +161,7 @@ def test_transcription_lines_and_confidences():
   a, b, newline = 3, 4, 5
   tokens = [1, a, b, newline, b, 2, 0]
   probs = np.array([1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 1.0])
-  text = decoding.transcribe(tokenizer, tokens, np.log(probs))
+  text = confidence.transcription(tokenizer, tokens, np.log(probs))
   assert text.text == "ab\nb"
   assert [l.text for l in text.lines] == ["ab", "b"]
   np.testing.assert_allclose(text.char_probs, [0.9, 0.8, 0.7, 0.6])
@@ -158,14 +175,15 @@ def test_transcription_lines_and_confidences():
 def test_max_len_beyond_the_model_names_the_field(random_model):
   model, variables, memory = random_model
   with pytest.raises(ValueError, match="decode.max_len"):
-    decoding.decode_memory(model, variables, memory, max_len=model.max_len + 1)
+    transcribe.decode_memory(model, variables, memory, max_len=model.max_len + 1)
   with pytest.raises(ValueError, match="decode.beam_size"):
-    decoding.decode_memory(model, variables, memory, max_len=model.max_len, beam_size=0)
+    transcribe.decode_memory(model, variables, memory, max_len=model.max_len, beam_size=0)
 
 
 # --- A trained model -----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cached_equals_uncached_on_trained_model(trained):
   run, _, memory, _ = trained
   max_len = run.model.max_len
@@ -177,6 +195,7 @@ def test_cached_equals_uncached_on_trained_model(trained):
   np.testing.assert_array_equal(cached.tokens, beam.tokens)
 
 
+@pytest.mark.slow
 def test_beam_search_beats_greedy_on_trained_model(trained):
   run, _, memory, references = trained
   max_len = run.model.max_len
@@ -186,21 +205,27 @@ def test_beam_search_beats_greedy_on_trained_model(trained):
   beam_log_prob = beam.token_log_probs.sum(axis=1)
   share = float(np.mean(beam_log_prob >= greedy_log_prob - 1e-4))
   greedy_cer = text_metrics.character_error_rate(
-      references, run.tokenizer.decode_batch(greedy.tokens))
-  beam_cer = text_metrics.character_error_rate(
-      references, run.tokenizer.decode_batch(beam.tokens))
-  print(f"beam 4 log-prob >= greedy on {share:.0%} of {len(references)} examples; "
-        f"CER beam {beam_cer:.4f}, greedy {greedy_cer:.4f}")
+    references, run.tokenizer.decode_batch(greedy.tokens)
+  )
+  beam_cer = text_metrics.character_error_rate(references, run.tokenizer.decode_batch(beam.tokens))
+  print(
+    f"beam 4 log-prob >= greedy on {share:.0%} of {len(references)} examples; "
+    f"CER beam {beam_cer:.4f}, greedy {greedy_cer:.4f}"
+  )
   assert share >= 0.75, (beam_log_prob, greedy_log_prob)
   assert beam_log_prob.mean() >= greedy_log_prob.mean() - 1e-4
   assert beam_cer <= greedy_cer + 0.02, (beam_cer, greedy_cer)
 
 
+@pytest.mark.slow
 def test_cross_attention_covers_the_encoder_grid(trained):
   run, images, memory, _ = trained
   out = _decode(run.model, run.variables, memory[:2], max_len=run.model.max_len)
-  attention = np.asarray(jax.jit(decoding.cross_attention, static_argnums=0)(
-      run.model, run.variables, images[:2], out.tokens))
+  attention = np.asarray(
+    jax.jit(transcribe.cross_attention, static_argnums=0)(
+      run.model, run.variables, images[:2], out.tokens
+    )
+  )
   d = run.config.data
   grid = -(-d.image_height // 32) * -(-d.image_width // 32)
   assert attention.shape == (2, d.max_len - 1, grid)
@@ -213,7 +238,7 @@ _SHARDED_SCRIPT = textwrap.dedent("""
     import flax.linen as nn
     import jax, jax.numpy as jnp, numpy as np
     from configs import tiny
-    from fphtr_jax import decoding, sharding
+    from fphtr_jax import sharding, transcribe
     from fphtr_jax import tokenizer as tokenizer_lib
     from fphtr_jax.models import fphtr
 
@@ -234,7 +259,7 @@ _SHARDED_SCRIPT = textwrap.dedent("""
       with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.logical_rules(config.mesh)):
         batch = sharding.put_batch({"memory": memory}, mesh)
         for beam in (1, 2):
-          out = jax.jit(lambda v, m: decoding.decode_memory(
+          out = jax.jit(lambda v, m: transcribe.decode_memory(
               model, v, m, max_len=d.max_len, beam_size=beam))(variables, batch["memory"])
           if name != "single":  # one example per device: the batch stayed split
             assert out.tokens.sharding.shard_shape(out.tokens.shape)[0] == 1, out.tokens.sharding
@@ -245,9 +270,15 @@ _SHARDED_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_decoding_with_the_batch_sharded_over_eight_devices():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
-  result = subprocess.run([sys.executable, "-c", _SHARDED_SCRIPT], cwd=ROOT, env=env,
-                          capture_output=True, text=True)
+  env = dict(
+    os.environ,
+    XLA_FLAGS="--xla_force_host_platform_device_count=8",
+    JAX_PLATFORMS="cpu",
+    PYTHONPATH=ROOT,
+  )
+  result = subprocess.run(
+    [sys.executable, "-c", _SHARDED_SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True
+  )
   assert result.returncode == 0 and "SHARDED_OK" in result.stdout, result.stderr[-4000:]

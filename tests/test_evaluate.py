@@ -14,10 +14,10 @@ import sys
 
 import numpy as np
 import orbax.checkpoint as ocp
-import pytest
 from PIL import Image
+import pytest
 
-from fphtr_jax import decoding, evaluate, inference, predict, visualize
+from fphtr_jax import confidence, evaluate, inference, pixels, predict
 from fphtr_jax import metrics as text_metrics
 from fphtr_jax import tokenizer as tokenizer_lib
 from tests.conftest import TINY_TRAIN_STEPS
@@ -27,19 +27,21 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _run(module: str, *args: str) -> subprocess.CompletedProcess:
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
-  return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
-                        capture_output=True, text=True)
+  return subprocess.run(
+    [sys.executable, "-m", module, *args], cwd=ROOT, env=env, capture_output=True, text=True
+  )
 
 
 def _eval_batch(workdir: str, num_examples: int, split: str = "validation"):
   """The pipeline's eval examples: (images [N, H, W, 1], reference texts) of real rows."""
-  from input_pipeline import pipeline
+  from input_pipeline import datasets
+
   config = inference.load_config(workdir)
   config.eval.num_examples = num_examples
   config.eval.batch_size = 8
   images, texts = [], []
   tokenizer = tokenizer_lib.Tokenizer(config.data.charset)
-  for batch in pipeline.create_eval_dataset(config, split).as_numpy_iterator():
+  for batch in datasets.create_eval_dataset(config, split).as_numpy_iterator():
     keep = batch["mask"] > 0
     images.append(batch["image"][keep])
     texts += tokenizer.decode_batch(batch["tokens"][keep])
@@ -48,14 +50,16 @@ def _eval_batch(workdir: str, num_examples: int, split: str = "validation"):
 
 def _best_summary(workdir: str) -> dict:
   manager = ocp.CheckpointManager(os.path.join(workdir, "best"))
-  summary = manager.restore(manager.latest_step(),
-                            args=ocp.args.Composite(summary=ocp.args.JsonRestore()))["summary"]
+  summary = manager.restore(
+    manager.latest_step(), args=ocp.args.Composite(summary=ocp.args.JsonRestore())
+  )["summary"]
   manager.close()
   return summary
 
 
 def _event_tags(directory: str) -> set[str]:
   import tensorflow as tf
+
   tags = set()
   for path in glob.glob(os.path.join(directory, "events.out.tfevents.*")):
     for event in tf.compat.v1.train.summary_iterator(path):
@@ -66,6 +70,7 @@ def _event_tags(directory: str) -> set[str]:
 # --- curves ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_curves_draws_the_logged_losses(trained_tiny_workdir, tmp_path):
   output = str(tmp_path / "curves.png")
   result = _run("fphtr_jax.curves", f"--workdir={trained_tiny_workdir}", f"--output={output}")
@@ -89,10 +94,15 @@ def test_curves_without_logs_is_a_clear_error(tmp_path):
 # --- evaluate --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_evaluate_scores_every_example_once(trained_tiny_workdir, tmp_path):
   output_dir = str(tmp_path / "eval")
-  result = _run("fphtr_jax.evaluate", f"--workdir={trained_tiny_workdir}", "--checkpoint=best",
-                f"--output_dir={output_dir}")
+  result = _run(
+    "fphtr_jax.evaluate",
+    f"--workdir={trained_tiny_workdir}",
+    "--checkpoint=best",
+    f"--output_dir={output_dir}",
+  )
   assert result.returncode == 0, result.stderr[-4000:]
   with open(os.path.join(output_dir, "summary.json")) as f:
     summary = json.load(f)
@@ -109,7 +119,8 @@ def test_evaluate_scores_every_example_once(trained_tiny_workdir, tmp_path):
   assert summary["wer"] == pytest.approx(text_metrics.word_error_rate(references, hypotheses))
   for p in predictions:
     assert p["cer"] == pytest.approx(
-        text_metrics.character_edits(p["reference"], p["hypothesis"]) / len(p["reference"]))
+      text_metrics.character_edits(p["reference"], p["hypothesis"]) / len(p["reference"])
+    )
     assert 0.0 < p["min_confidence"] <= p["confidence"] <= 1.0
   # The best checkpoint, greedy, on the same examples as the training loop's
   # evaluation that chose it: the same CER.
@@ -119,6 +130,7 @@ def test_evaluate_scores_every_example_once(trained_tiny_workdir, tmp_path):
   assert {"validation/cer", "validation/wer", "validation/pages"} <= _event_tags(output_dir)
 
 
+@pytest.mark.slow
 def test_evaluate_test_split_with_beam_search_at_a_given_step(trained_tiny_workdir, tmp_path):
   step = TINY_TRAIN_STEPS // 2
   config = inference.load_config(trained_tiny_workdir)
@@ -137,6 +149,7 @@ def test_evaluate_test_split_with_beam_search_at_a_given_step(trained_tiny_workd
   assert {"test/cer", "test/pages"} <= _event_tags(str(tmp_path))
 
 
+@pytest.mark.slow
 def test_restore_names_a_missing_checkpoint(trained_tiny_workdir):
   config = inference.load_config(trained_tiny_workdir)
   with pytest.raises(FileNotFoundError, match="step 7"):
@@ -150,10 +163,11 @@ def test_restore_names_a_missing_checkpoint(trained_tiny_workdir):
 
 def _grey_uint8(image) -> np.ndarray:
   """A normalised eval image as the uint8 grey levels it was rendered with."""
-  grey = np.asarray(image, np.float64)[..., 0] * visualize.IMAGE_STD + visualize.IMAGE_MEAN
+  grey = np.asarray(image, np.float64)[..., 0] * pixels.IMAGE_STD + pixels.IMAGE_MEAN
   return np.round(np.clip(grey, 0, 1) * 255).astype(np.uint8)
 
 
+@pytest.mark.slow
 def test_predict_a_folder_with_a_corrupt_and_an_empty_file(trained_tiny_workdir, tmp_path):
   images, _ = _eval_batch(trained_tiny_workdir, 3)
   folder = tmp_path / "scans"
@@ -164,20 +178,32 @@ def test_predict_a_folder_with_a_corrupt_and_an_empty_file(trained_tiny_workdir,
   Image.fromarray(rgba, "RGBA").save(folder / "b_colour.png")
   Image.fromarray(grey[2].astype(np.uint16) * 257).save(folder / "c_16bit.tif")
   # Twice the canvas: shrunk to fit.
-  Image.fromarray(grey[0]).resize((grey[0].shape[1] * 2, grey[0].shape[0] * 2)).convert(
-      "RGB").save(folder / "d_large.jpg")
+  Image.fromarray(grey[0]).resize((grey[0].shape[1] * 2, grey[0].shape[0] * 2)).convert("RGB").save(
+    folder / "d_large.jpg"
+  )
   (folder / "e_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
   (folder / "f_empty.jpg").write_bytes(b"")
   (folder / "notes.txt").write_text("not an image")
   attention_dir = tmp_path / "attention"
 
-  result = _run("fphtr_jax.predict", f"--workdir={trained_tiny_workdir}", "--format=json",
-                f"--attention_dir={attention_dir}", str(folder))
+  result = _run(
+    "fphtr_jax.predict",
+    f"--workdir={trained_tiny_workdir}",
+    "--format=json",
+    f"--attention_dir={attention_dir}",
+    str(folder),
+  )
   assert result.returncode == 1, result.stderr[-4000:]
   lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
   by_name = {os.path.basename(line["path"]): line for line in lines}
-  assert sorted(by_name) == ["a_grey.png", "b_colour.png", "c_16bit.tif", "d_large.jpg",
-                             "e_broken.png", "f_empty.jpg"]
+  assert sorted(by_name) == [
+    "a_grey.png",
+    "b_colour.png",
+    "c_16bit.tif",
+    "d_large.jpg",
+    "e_broken.png",
+    "f_empty.jpg",
+  ]
   assert "e_broken.png" in by_name["e_broken.png"]["error"]
   assert "empty" in by_name["f_empty.jpg"]["error"]
   assert "error: " in result.stderr and "f_empty.jpg" in result.stderr
@@ -191,15 +217,18 @@ def test_predict_a_folder_with_a_corrupt_and_an_empty_file(trained_tiny_workdir,
   # Read from files, the pages decode as the pipeline's own images do.
   config = inference.load_config(trained_tiny_workdir)
   run = inference.restore_run(trained_tiny_workdir, config, "latest")
-  pages = [predict.Page(path=str(i), image=image, height=image.shape[0], width=image.shape[1])
-           for i, image in enumerate(images)]
+  pages = [
+    predict.Page(path=str(i), image=image, height=image.shape[0], width=image.shape[1])
+    for i, image in enumerate(images)
+  ]
   texts, _ = predict.recognise(run, pages)
   assert [by_name[n]["text"] for n in ("a_grey.png", "b_colour.png", "c_16bit.tif")] == [
-      t.text for t in texts]
+    t.text for t in texts
+  ]
 
 
 def test_images_are_placed_like_training_pages(tmp_path):
-  paper = (1.0 - visualize.IMAGE_MEAN) / visualize.IMAGE_STD
+  paper = pixels.PAPER
   ink = np.zeros((64, 512), np.uint8)  # all ink, 4x the canvas width
   Image.fromarray(ink).save(tmp_path / "wide.png")
   page = predict.load_page(str(tmp_path / "wide.png"), 32, 128)
@@ -217,11 +246,32 @@ def test_images_are_placed_like_training_pages(tmp_path):
     predict.read_grey(str(tmp_path / "missing.png"))
 
 
+@pytest.mark.parametrize("shape", [(64, 512), (20, 60), (50, 100), (32, 128)])
+def test_predict_fits_an_image_like_training_does(tmp_path, shape):
+  # One canvas fitting for both paths: the same file gives the same pixels.
+  import tensorflow as tf
+
+  from configs import tiny
+  from input_pipeline.sources import iam as iam_source
+
+  d = tiny.get_config().data  # a 32 x 128 canvas
+  grey = np.random.default_rng(sum(shape)).integers(0, 256, shape, dtype=np.uint8)
+  path = tmp_path / "page.png"
+  Image.fromarray(grey).save(path)
+  page = predict.load_page(str(path), d.image_height, d.image_width)
+  example = iam_source.make_real_example(d, (0, 0), augment=False)(
+    tf.constant(0, tf.int64), tf.constant(path.read_bytes()), tf.constant("a")
+  )
+  assert page.image.shape == (d.image_height, d.image_width, 1)
+  np.testing.assert_allclose(page.image, example["image"].numpy(), atol=1e-5)
+  assert page.image.std() > 0.1  # the image is there, not only paper
+
+
 def test_text_format_prints_path_confidence_and_text():
-  text = decoding.Transcription(text="ab\nc", char_probs=[0.9] * 4, confidence=0.9,
-                                min_confidence=0.5, log_prob=-1.0, lines=[])
+  text = confidence.Transcription(
+    text="ab\nc", char_probs=[0.9] * 4, confidence=0.9, min_confidence=0.5, log_prob=-1.0, lines=[]
+  )
   out, err = predict.format_result("page.png", text, None, "text")
   assert out == "==> page.png (confidence 0.900, min 0.500) <==\nab\nc" and not err
-  out, err = predict.format_result("bad.png", None, "bad.png: the file is empty (0 bytes).",
-                                   "text")
+  out, err = predict.format_result("bad.png", None, "bad.png: the file is empty (0 bytes).", "text")
   assert not out and err == "error: bad.png: the file is empty (0 bytes)."

@@ -10,10 +10,9 @@ import pytest
 
 from configs import default as default_config
 from configs import tiny as tiny_config
+from fphtr_jax import pixels
 from fphtr_jax.models import decoder as decoder_lib
-from fphtr_jax.models import fphtr
-from fphtr_jax.models import position
-from fphtr_jax.models import resnet
+from fphtr_jax.models import fphtr, position, resnet
 
 VOCAB = 17
 MAX_LEN = 9
@@ -26,8 +25,16 @@ def _key(seed):
 
 
 def _tiny_model(**overrides):
-  kwargs = dict(vocab_size=VOCAB, max_len=MAX_LEN, encoder_width=8, d_model=32,
-                num_layers=2, num_heads=2, mlp_dim=48, dropout_rate=0.1)
+  kwargs = dict(
+    vocab_size=VOCAB,
+    max_len=MAX_LEN,
+    encoder_width=8,
+    d_model=32,
+    num_layers=2,
+    num_heads=2,
+    mlp_dim=48,
+    dropout_rate=0.1,
+  )
   kwargs.update(overrides)
   return fphtr.FPHTR(**kwargs)
 
@@ -47,8 +54,9 @@ def _init_and_run(model, images, tokens):
     memory = module.encode(images, train=False)
     return memory, module.decode(memory, tokens, train=False)
 
-  (memory, logits), variables = jax.jit(lambda rng: model.init_with_output(
-      rng, images, tokens, method=encode_and_decode))(_key(0))
+  (memory, logits), variables = jax.jit(
+    lambda rng: model.init_with_output(rng, images, tokens, method=encode_and_decode)
+  )(_key(0))
   return variables, memory, logits
 
 
@@ -58,8 +66,9 @@ def tiny():
   model = _tiny_model()
   images, tokens = _inputs()
   variables, memory, logits = _init_and_run(model, images, tokens)
-  return dict(model=model, images=images, tokens=tokens, variables=variables,
-              memory=memory, logits=logits)
+  return dict(
+    model=model, images=images, tokens=tokens, variables=variables, memory=memory, logits=logits
+  )
 
 
 def _count(tree):
@@ -100,12 +109,20 @@ def _decoder_count(vocab, d_model, num_layers, mlp_dim, pre_norm):
 def _decode_step_by_step(model, variables, memory, tokens, replace_memory_after_first=False):
   """Feeds tokens one at a time through the cache; returns [B, T, V] logits."""
   cache = fphtr.init_cache(model, tokens.shape[0], memory.shape[1])
-  step = jax.jit(lambda cache, memory, token: model.apply(
-      {**variables, "cache": cache}, memory, token, train=False, decode=True,
-      method=fphtr.FPHTR.decode, mutable=["cache"]))
+  step = jax.jit(
+    lambda cache, memory, token: model.apply(
+      {**variables, "cache": cache},
+      memory,
+      token,
+      train=False,
+      decode=True,
+      method=fphtr.FPHTR.decode,
+      mutable=["cache"],
+    )
+  )
   logits = []
   for t in range(tokens.shape[1]):
-    step_logits, mutated = step(cache, memory, tokens[:, t:t + 1])
+    step_logits, mutated = step(cache, memory, tokens[:, t : t + 1])
     cache = mutated["cache"]
     logits.append(step_logits)
     if replace_memory_after_first:
@@ -121,7 +138,7 @@ def test_sinusoidal_tables():
   assert table.shape == (50, 8) and table.dtype == np.float32
   np.testing.assert_allclose(table[0], [0, 1] * 4, atol=1e-7)
   np.testing.assert_allclose(table[7, 0], np.sin(7.0), rtol=1e-6)
-  np.testing.assert_allclose(table[7, 3], np.cos(7.0 / 10000**(2 / 8)), rtol=1e-6)
+  np.testing.assert_allclose(table[7, 3], np.cos(7.0 / 10000 ** (2 / 8)), rtol=1e-6)
   grid = position.sinusoidal_2d(3, 5, 8)
   assert grid.shape == (3, 5, 8)
   np.testing.assert_array_equal(grid[2, 4, :4], position.sinusoidal_1d(3, 4)[2])
@@ -133,13 +150,15 @@ def test_sinusoidal_tables():
 # --- Encoder --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name, height, width", [
-    ("resnet18", 64, 128), ("resnet34", 64, 128), ("resnet50", 65, 100)])
+@pytest.mark.parametrize(
+  "name, height, width", [("resnet18", 64, 128), ("resnet34", 64, 128), ("resnet50", 65, 100)]
+)
 def test_encoder_output_shape(name, height, width):
   encoder = resnet.ImageEncoder(encoder=name, width=8, d_model=32)
   images = jnp.zeros((2, height, width, 1))
   memory, variables = jax.eval_shape(
-      lambda: encoder.init_with_output(jax.random.key(0), images, train=False))
+    lambda: encoder.init_with_output(jax.random.key(0), images, train=False)
+  )
   # Every stride-2 layer rounds up, like 'SAME' padding.
   assert memory.shape == (2, math.ceil(height / 32) * math.ceil(width / 32), 32)
   assert memory.dtype == jnp.float32
@@ -147,7 +166,9 @@ def test_encoder_output_shape(name, height, width):
   assert trunk["conv1"]["kernel"].shape == (7, 7, 1, 8)
   assert trunk["layer4_0"]["conv1"]["kernel"].shape[-1] == 8 * 8  # width * 2**3
   assert variables["params"]["projection"]["kernel"].value.shape == (
-      8 * 8 * resnet.RESNETS[name][0].expansion, 32)
+    8 * 8 * resnet.RESNETS[name][0].expansion,
+    32,
+  )
 
 
 @pytest.mark.parametrize("last_stride", [(2, 1), (1, 2), (1, 1)])
@@ -155,27 +176,27 @@ def test_encoder_last_stride_refines_the_grid(last_stride):
   encoder = resnet.ImageEncoder(width=8, d_model=32, last_stride=last_stride)
   images = jnp.zeros((2, 64, 128, 1))
   memory, variables = jax.eval_shape(
-      lambda: encoder.init_with_output(jax.random.key(0), images, train=False))
+    lambda: encoder.init_with_output(jax.random.key(0), images, train=False)
+  )
   stride_h, stride_w = resnet.encoder_stride(last_stride)
   assert (stride_h, stride_w) == (16 * last_stride[0], 16 * last_stride[1])
   assert memory.shape == (2, (64 // stride_h) * (128 // stride_w), 32)
   # Same parameters as torchvision's trunk: only the stride changes.
   default = jax.eval_shape(
-      lambda: resnet.ImageEncoder(width=8, d_model=32).init(
-          jax.random.key(0), images, train=False))
+    lambda: resnet.ImageEncoder(width=8, d_model=32).init(jax.random.key(0), images, train=False)
+  )
   assert jax.tree.map(lambda a: a.shape, variables) == jax.tree.map(lambda a: a.shape, default)
 
 
 def test_blank_paper_has_no_frame():
-  from input_pipeline import pipeline
-  assert np.isclose(resnet.PAPER, pipeline.background_value())
   encoder = resnet.ImageEncoder(width=8, d_model=32, dropout_rate=0.0)
-  page = jnp.full((1, 64, 128, 1), pipeline.background_value())
+  page = jnp.full((1, 64, 128, 1), pixels.PAPER)
   memory, _ = encoder.init_with_output(jax.random.key(0), page, train=False)
   # Paper is 0 inside the trunk, like the convolutions' zero padding: no
   # feature anywhere, at the edges neither; only the position encoding remains.
-  np.testing.assert_allclose(np.asarray(memory[0]),
-                             position.sinusoidal_2d(2, 4, 32).reshape(8, 32), atol=1e-5)
+  np.testing.assert_allclose(
+    np.asarray(memory[0]), position.sinusoidal_2d(2, 4, 32).reshape(8, 32), atol=1e-5
+  )
 
 
 def test_encoder_runs(tiny):
@@ -186,18 +207,22 @@ def test_encoder_runs(tiny):
   assert np.abs(np.diff(np.asarray(memory), axis=1)).max() > 0.1
 
 
-@pytest.mark.parametrize("name, block, expected", [
+@pytest.mark.parametrize(
+  "name, block, expected",
+  [
     # torchvision's 11,689,512 / 21,797,672 / 25,557,032 parameters, less the
     # classifier (512 or 2048 x 1000 + 1000) and 2 of the stem's 3 input channels.
     ("resnet18", "basic", 11_689_512 - 513_000 - 2 * 64 * 49),
     ("resnet34", "basic", 21_797_672 - 513_000 - 2 * 64 * 49),
     ("resnet50", "bottleneck", 25_557_032 - 2_049_000 - 2 * 64 * 49),
-])
+  ],
+)
 def test_resnet_trunk_matches_torchvision_parameter_count(name, block, expected):
   block_cls, stage_sizes = resnet.RESNETS[name]
   trunk = resnet.ResNet(block_cls, stage_sizes, width=64)
   shapes = jax.eval_shape(
-      lambda: trunk.init(jax.random.key(0), jnp.zeros((1, 64, 64, 1)), train=False))
+    lambda: trunk.init(jax.random.key(0), jnp.zeros((1, 64, 64, 1)), train=False)
+  )
   assert _torchvision_trunk_count(block, stage_sizes) == expected
   assert _count(shapes["params"]) == expected
   # Running mean and variance for every BN channel, outside "params".
@@ -208,7 +233,8 @@ def test_resnet_trunk_matches_torchvision_parameter_count(name, block, expected)
 def test_encoder_projection_parameter_count():
   encoder = resnet.ImageEncoder(encoder="resnet18", width=64, d_model=260)
   shapes = jax.eval_shape(
-      lambda: encoder.init(jax.random.key(0), jnp.zeros((1, 64, 64, 1)), train=False))
+    lambda: encoder.init(jax.random.key(0), jnp.zeros((1, 64, 64, 1)), train=False)
+  )
   projection = nn.unbox(shapes["params"]["projection"])
   assert projection["kernel"].shape == (512, 260)
   assert _count(shapes["params"]) == _count(shapes["params"]["resnet"]) + 512 * 260 + 260
@@ -220,8 +246,11 @@ def test_encoder_projection_parameter_count():
 @pytest.mark.parametrize("pre_norm", [False, True])
 def test_decoder_parameter_count_at_defaults(pre_norm):
   decoder = decoder_lib.TextDecoder(vocab_size=82, max_len=90, pre_norm=pre_norm)
-  shapes = jax.eval_shape(lambda: decoder.init(
-      jax.random.key(0), jnp.zeros((1, 4, 260)), jnp.zeros((1, 3), jnp.int32), train=False))
+  shapes = jax.eval_shape(
+    lambda: decoder.init(
+      jax.random.key(0), jnp.zeros((1, 4, 260)), jnp.zeros((1, 3), jnp.int32), train=False
+    )
+  )
   expected = _decoder_count(82, 260, 6, 1024, pre_norm)
   assert _count(shapes["params"]) == expected
   assert 6.4e6 < expected < 6.6e6
@@ -250,7 +279,8 @@ def test_every_parameter_has_logical_axis_names(tiny):
   assert decoder["head"]["kernel"] == spec("embed", "vocab")
   encoder = specs["image_encoder"]
   assert encoder["resnet"]["conv1"]["kernel"] == spec(
-      "conv_height", "conv_width", "conv_in", "conv_out")
+    "conv_height", "conv_width", "conv_in", "conv_out"
+  )
   assert encoder["resnet"]["bn1"]["scale"] == spec("conv_out")
   assert encoder["projection"]["kernel"] == spec("conv_in", "embed")
 
@@ -259,8 +289,10 @@ def test_traces_under_a_mesh_with_logical_rules(tiny):
   """Under a mesh, boxed parameters and activations get sharding constraints."""
   config = default_config.get_config()
   mesh = jax.sharding.Mesh(
-      np.asarray(jax.devices()[:1]).reshape(1, 1, 1), ("data", "fsdp", "tensor"),
-      axis_types=(jax.sharding.AxisType.Auto,) * 3)
+    np.asarray(jax.devices()[:1]).reshape(1, 1, 1),
+    ("data", "fsdp", "tensor"),
+    axis_types=(jax.sharding.AxisType.Auto,) * 3,
+  )
   # The Bottleneck and pre-norm variants, in both training and decode mode.
   model = _tiny_model(encoder="resnet50", pre_norm=True)
   images, tokens, memory = tiny["images"], tiny["tokens"], tiny["memory"]
@@ -268,19 +300,32 @@ def test_traces_under_a_mesh_with_logical_rules(tiny):
     variables = jax.eval_shape(lambda: model.init(_key(0), images, tokens, train=False))
     _check_logical_names(variables["params"])
     cache = fphtr.init_cache(model, 2, memory.shape[1])
-    logits, _ = jax.eval_shape(lambda: model.apply(
-        {**nn.unbox(variables), "cache": cache}, memory, tokens[:, :1], train=False,
-        decode=True, method=fphtr.FPHTR.decode, mutable=["cache"]))
+    logits, _ = jax.eval_shape(
+      lambda: model.apply(
+        {**nn.unbox(variables), "cache": cache},
+        memory,
+        tokens[:, :1],
+        train=False,
+        decode=True,
+        method=fphtr.FPHTR.decode,
+        mutable=["cache"],
+      )
+    )
   assert logits.shape == (2, 1, VOCAB)
 
 
 def test_forward_and_causality(tiny):
   model, variables, memory, tokens = (
-      tiny["model"], tiny["variables"], tiny["memory"], tiny["tokens"])
+    tiny["model"],
+    tiny["variables"],
+    tiny["memory"],
+    tiny["tokens"],
+  )
   logits = tiny["logits"]
   assert logits.shape == (2, MAX_LEN, VOCAB) and logits.dtype == jnp.float32
-  decode = jax.jit(lambda tokens: model.apply(
-      variables, memory, tokens, train=False, method=fphtr.FPHTR.decode))
+  decode = jax.jit(
+    lambda tokens: model.apply(variables, memory, tokens, train=False, method=fphtr.FPHTR.decode)
+  )
   decoded = decode(tokens)
   np.testing.assert_allclose(decoded, logits, atol=1e-5)
   # Changing token t + 1 leaves the logits at positions <= t alone.
@@ -288,8 +333,8 @@ def test_forward_and_causality(tiny):
   changed = tokens.at[:, t + 1].set(tokens[:, t + 1] % (VOCAB - 1) + 1)
   changed_logits = decode(changed)
   logits = decoded
-  np.testing.assert_array_equal(changed_logits[:, :t + 1], logits[:, :t + 1])
-  assert np.abs(changed_logits[:, t + 1:] - logits[:, t + 1:]).max() > 1e-4
+  np.testing.assert_array_equal(changed_logits[:, : t + 1], logits[:, : t + 1])
+  assert np.abs(changed_logits[:, t + 1 :] - logits[:, t + 1 :]).max() > 1e-4
 
 
 @pytest.mark.parametrize("pre_norm", [False, True])
@@ -297,37 +342,56 @@ def test_kv_cache_matches_teacher_forcing(tiny, pre_norm):
   memory, tokens = tiny["memory"], tiny["tokens"]
   if pre_norm:
     model = _tiny_model(pre_norm=True)
-    logits, variables = jax.jit(lambda rng: model.init_with_output(
-        rng, memory, tokens, train=False, method=fphtr.FPHTR.decode))(_key(1))
+    logits, variables = jax.jit(
+      lambda rng: model.init_with_output(
+        rng, memory, tokens, train=False, method=fphtr.FPHTR.decode
+      )
+    )(_key(1))
   else:
     model, variables, logits = tiny["model"], tiny["variables"], tiny["logits"]
   # The memory is replaced after the first step: its projection must be cached.
   step_logits, cache = _decode_step_by_step(
-      model, variables, memory, tokens, replace_memory_after_first=True)
+    model, variables, memory, tokens, replace_memory_after_first=True
+  )
   np.testing.assert_allclose(step_logits, logits, atol=1e-5)
-  indices = [x for path, x in jax.tree_util.tree_leaves_with_path(cache)
-             if jax.tree_util.keystr(path).endswith("['cache_index']")]
+  indices = [
+    x
+    for path, x in jax.tree_util.tree_leaves_with_path(cache)
+    if jax.tree_util.keystr(path).endswith("['cache_index']")
+  ]
   assert len(indices) == 1 + 2 * model.num_layers
   assert all(int(x) == MAX_LEN for x in indices)
 
 
 def test_decoder_rejects_bad_lengths(tiny):
   model, variables, memory, tokens = (
-      tiny["model"], tiny["variables"], tiny["memory"], tiny["tokens"])
+    tiny["model"],
+    tiny["variables"],
+    tiny["memory"],
+    tiny["tokens"],
+  )
   too_long = jnp.ones((2, MAX_LEN + 1), jnp.int32)
   with pytest.raises(ValueError, match=f"max_len={MAX_LEN}"):
     model.apply(variables, memory, too_long, train=False, method=fphtr.FPHTR.decode)
   cache = fphtr.init_cache(model, 2, memory.shape[1])
   with pytest.raises(ValueError, match="one token per step"):
-    model.apply({**variables, "cache": cache}, memory, tokens[:, :2], train=False,
-                decode=True, method=fphtr.FPHTR.decode, mutable=["cache"])
+    model.apply(
+      {**variables, "cache": cache},
+      memory,
+      tokens[:, :2],
+      train=False,
+      decode=True,
+      method=fphtr.FPHTR.decode,
+      mutable=["cache"],
+    )
 
 
 def test_cross_attention_weights_are_sown(tiny):
   model, variables, memory = tiny["model"], tiny["variables"], tiny["memory"]
   tokens = tiny["tokens"][:, :5]
-  _, state = model.apply(variables, memory, tokens, train=False,
-                         method=fphtr.FPHTR.decode, mutable=["intermediates"])
+  _, state = model.apply(
+    variables, memory, tokens, train=False, method=fphtr.FPHTR.decode, mutable=["intermediates"]
+  )
   layer = state["intermediates"]["text_decoder"]["layers_1"]
   (weights,) = layer["cross_attention"]["cross_attention"]
   assert weights.shape == (2, 5, 2 * 3)  # [B, T, S]
@@ -336,12 +400,17 @@ def test_cross_attention_weights_are_sown(tiny):
 
 def test_train_mode_updates_batch_stats_and_uses_dropout(tiny):
   model, variables, images, tokens = (
-      tiny["model"], tiny["variables"], tiny["images"], tiny["tokens"])
+    tiny["model"],
+    tiny["variables"],
+    tiny["images"],
+    tiny["tokens"],
+  )
 
   @jax.jit
   def train_forward(rng):
-    return model.apply(variables, images, tokens, train=True,
-                       rngs={"dropout": rng}, mutable=["batch_stats"])
+    return model.apply(
+      variables, images, tokens, train=True, rngs={"dropout": rng}, mutable=["batch_stats"]
+    )
 
   logits_a, state = train_forward(_key(1))
   logits_b, _ = train_forward(_key(2))
@@ -370,18 +439,24 @@ def test_create_model_from_config():
   config = tiny_config.get_config().model
   model = fphtr.create_model(config, vocab_size=VOCAB, max_len=MAX_LEN)
   assert (model.encoder, model.d_model, model.num_layers) == (
-      config.encoder, config.d_model, config.num_layers)
+    config.encoder,
+    config.d_model,
+    config.num_layers,
+  )
   assert model.dtype == jnp.float32
   config.dtype = "bfloat16"
   assert fphtr.create_model(config, VOCAB, MAX_LEN).dtype == jnp.bfloat16
 
 
-@pytest.mark.parametrize("field, value, message", [
+@pytest.mark.parametrize(
+  "field, value, message",
+  [
     ("encoder", "resnet101", r"model\.encoder.*resnet18"),
     ("dtype", "float16", r"model\.dtype"),
     ("num_heads", 3, r"model\.d_model=32 .*model\.num_heads=3"),
     ("d_model", 30, r"model\.d_model=30 .*divisible by 4"),
-])
+  ],
+)
 def test_create_model_rejects_bad_config(field, value, message):
   config = tiny_config.get_config().model
   config[field] = value

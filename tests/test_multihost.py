@@ -17,6 +17,8 @@ import sys
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # two JAX processes
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_PROCESSES = 2
 DEVICES_PER_PROCESS = 2
@@ -26,6 +28,7 @@ NUM_STEPS = 5
 
 def make_config(cache_dir: str):
   from configs import tiny
+
   config = tiny.get_config()
   config.model.dropout_rate = 0.0
   config.train.batch_size = 8  # global: 4 examples per process, 2 per device
@@ -46,30 +49,39 @@ def run_process(process_id: int, num_processes: int, port: int, cache_dir: str, 
 
   if num_processes > 1:
     assert distributed.initialize_distributed(
-        "auto", coordinator_address=f"localhost:{port}", num_processes=num_processes,
-        process_id=process_id)
+      "auto",
+      coordinator_address=f"localhost:{port}",
+      num_processes=num_processes,
+      process_id=process_id,
+    )
   # Where jax.distributed is initialised, its CPU collectives must be gloo.
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
 
-  from fphtr_jax import checkpointing, sharding, train
+  from fphtr_jax import checkpointing, optimizer, sharding, train
   from fphtr_jax import tokenizer as tokenizer_lib
-  from input_pipeline import pipeline
+  from input_pipeline import datasets
 
   config = make_config(cache_dir)
   mesh = sharding.create_mesh(config.mesh)  # data = all devices of all processes
   tokenizer = tokenizer_lib.Tokenizer(config.data.charset)
   model = train.create_model(config, tokenizer)
   state, shardings = train.create_train_state(
-      config, model, mesh, jax.random.key(config.train.seed, impl=config.train.rng_impl))
-  _, schedule = train.create_optimizer(config.train)
-  step_fn = jax.jit(functools.partial(train.train_step, label_smoothing=0.0, schedule=schedule),
-                    in_shardings=(shardings, sharding.batch_sharding(mesh), None),
-                    out_shardings=(shardings, None))
+    config, model, mesh, jax.random.key(config.train.seed, impl=config.train.rng_impl)
+  )
+  _, schedule = optimizer.create_optimizer(config.train)
+  step_fn = jax.jit(
+    functools.partial(train.train_step, label_smoothing=0.0, schedule=schedule),
+    in_shardings=(shardings, sharding.batch_sharding(mesh), None),
+    out_shardings=(shardings, None),
+  )
 
   def train_steps(state, start_step: int, num_steps: int):
-    train_ds, _ = pipeline.create_datasets(
-        config, process_index=jax.process_index(), process_count=jax.process_count(),
-        start_step=start_step)
+    train_ds, _ = datasets.create_datasets(
+      config,
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+      start_step=start_step,
+    )
     iterator = train_ds.as_numpy_iterator()
     losses, first_images = [], None
     for _ in range(num_steps):
@@ -89,29 +101,31 @@ def run_process(process_id: int, num_processes: int, port: int, cache_dir: str, 
     # A restart: shapes and shardings only, the values come from the checkpoint.
     restarted = checkpointing.Checkpointer(workdir, config.checkpoint)
     restored, restored_tokenizer = restarted.restore(
-        checkpointing.abstract_like(trained_on, shardings))
+      checkpointing.abstract_like(trained_on, shardings)
+    )
     resumed_step = int(restored.step)
     _, resumed_losses, _ = train_steps(restored, resumed_step, NUM_STEPS - resumed_step)
 
     # What evaluation relies on: every process can read the whole global batch.
-    train_ds, _ = pipeline.create_datasets(config, process_index=jax.process_index(),
-                                           process_count=jax.process_count())
+    train_ds, _ = datasets.create_datasets(
+      config, process_index=jax.process_index(), process_count=jax.process_count()
+    )
     first_batch = sharding.put_batch(next(train_ds.as_numpy_iterator()), mesh)
     global_tokens = sharding.to_host(first_batch["tokens"])
   checkpointer.close()
   restarted.close()
   return {
-      "process_index": jax.process_index(),
-      "process_count": jax.process_count(),
-      "global_devices": jax.device_count(),
-      "local_devices": jax.local_device_count(),
-      "losses": losses + later_losses,
-      "resumed_step": resumed_step,
-      "resumed_losses": resumed_losses,
-      "tokenizer_restored": restored_tokenizer == tokenizer,
-      "local_batch": list(local_images.shape),
-      "local_images_checksum": float(np.abs(local_images).sum()),
-      "global_tokens": global_tokens.tolist(),
+    "process_index": jax.process_index(),
+    "process_count": jax.process_count(),
+    "global_devices": jax.device_count(),
+    "local_devices": jax.local_device_count(),
+    "losses": losses + later_losses,
+    "resumed_step": resumed_step,
+    "resumed_losses": resumed_losses,
+    "tokenizer_restored": restored_tokenizer == tokenizer,
+    "local_batch": list(local_images.shape),
+    "local_images_checksum": float(np.abs(local_images).sum()),
+    "global_tokens": global_tokens.tolist(),
   }
 
 
@@ -123,33 +137,57 @@ def _free_port() -> int:
 
 def _launch(args, num_devices: int, out_path):
   # Unoptimised code compiles in about half the time; every process uses it alike.
-  env = {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu",
-         "XLA_FLAGS": f"--xla_force_host_platform_device_count={num_devices} "
-                      "--xla_backend_optimization_level=0"}
-  return subprocess.Popen([sys.executable, os.path.abspath(__file__), *map(str, args), out_path],
-                          cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True)
+  env = {
+    **os.environ,
+    "PYTHONPATH": ROOT,
+    "JAX_PLATFORMS": "cpu",
+    "XLA_FLAGS": f"--xla_force_host_platform_device_count={num_devices} "
+    "--xla_backend_optimization_level=0",
+  }
+  return subprocess.Popen(
+    [sys.executable, os.path.abspath(__file__), *map(str, args), out_path],
+    cwd=ROOT,
+    env=env,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
 
 
 @pytest.fixture(scope="module")
 def runs(bank_cache_dir, tmp_path_factory):
   """Two cooperating processes and, beside them, one process alone."""
   from configs import tiny
-  from input_pipeline import pipeline
+  from input_pipeline.sources import synthetic
+
   config = tiny.get_config()
   config.data.cache_dir = bank_cache_dir
-  pipeline.load_banks(config)  # rendered once, before the processes start
+  synthetic.load_banks(config)  # rendered once, before the processes start
 
   tmp = tmp_path_factory.mktemp("multihost")
   port = _free_port()
   launched = []
   for process_id in range(NUM_PROCESSES):
     out = str(tmp / f"process{process_id}.json")
-    launched.append((out, _launch([process_id, NUM_PROCESSES, port, bank_cache_dir,
-                                   tmp / "two_processes"], DEVICES_PER_PROCESS, out)))
+    launched.append(
+      (
+        out,
+        _launch(
+          [process_id, NUM_PROCESSES, port, bank_cache_dir, tmp / "two_processes"],
+          DEVICES_PER_PROCESS,
+          out,
+        ),
+      )
+    )
   out = str(tmp / "single.json")
-  launched.append((out, _launch([0, 1, 0, bank_cache_dir, tmp / "one_process"],
-                                NUM_PROCESSES * DEVICES_PER_PROCESS, out)))
+  launched.append(
+    (
+      out,
+      _launch(
+        [0, 1, 0, bank_cache_dir, tmp / "one_process"], NUM_PROCESSES * DEVICES_PER_PROCESS, out
+      ),
+    )
+  )
   results = []
   try:
     for out, process in launched:
@@ -204,8 +242,12 @@ def test_distributed_initialisation_follows_the_environment():
 
   from fphtr_jax import distributed
 
-  slurm = {"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "node[1-2]", "SLURM_NTASKS": "2",
-           "SLURM_PROCID": "0"}
+  slurm = {
+    "SLURM_JOB_ID": "7",
+    "SLURM_STEP_NODELIST": "node[1-2]",
+    "SLURM_NTASKS": "2",
+    "SLURM_PROCID": "0",
+  }
   assert distributed.multi_process_environment(slurm)
   assert not distributed.multi_process_environment({**slurm, "SLURM_NTASKS": "1"})
   assert not distributed.multi_process_environment({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "2"})

@@ -18,30 +18,47 @@ import jax
 import numpy as np
 import pytest
 
-from fphtr_jax import checkpointing, sharding, train
+from fphtr_jax import checkpointing, optimizer, sharding, train
 from fphtr_jax import tokenizer as tokenizer_lib
-from input_pipeline import pipeline
+from input_pipeline import datasets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # No eval or periodic checkpoint gets in the way; every step is logged.
-QUIET = ("--config.eval.every_steps=100000", "--config.checkpoint.every_steps=100000",
-         "--config.train.log_every_steps=1")
+QUIET = (
+  "--config.eval.every_steps=100000",
+  "--config.checkpoint.every_steps=100000",
+  "--config.train.log_every_steps=1",
+)
 
 
 def _command(workdir, cache_dir, *overrides):
-  return [sys.executable, "-m", "fphtr_jax.main", "--config=configs/tiny.py",
-          f"--workdir={workdir}", f"--config.data.cache_dir={cache_dir}", *overrides]
+  return [
+    sys.executable,
+    "-m",
+    "fphtr_jax.main",
+    "--config=configs/tiny.py",
+    f"--workdir={workdir}",
+    f"--config.data.cache_dir={cache_dir}",
+    *overrides,
+  ]
 
 
 def _run(workdir, cache_dir, *overrides, **kwargs):
-  return subprocess.run(_command(workdir, cache_dir, *overrides), cwd=ROOT, capture_output=True,
-                        text=True, timeout=300, **kwargs)
+  return subprocess.run(
+    _command(workdir, cache_dir, *overrides),
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    **kwargs,
+  )
 
 
 def _logged_losses(log: str) -> dict[int, str]:
   """Step -> the train/loss the run logged, as printed."""
-  return {int(step): loss for step, loss in
-          re.findall(r"\[(\d+)\] train/.*?train/loss=([^,\s]+)", log)}
+  return {
+    int(step): loss for step, loss in re.findall(r"\[(\d+)\] train/.*?train/loss=([^,\s]+)", log)
+  }
 
 
 def _restore(workdir, config, step=None):
@@ -49,8 +66,11 @@ def _restore(workdir, config, step=None):
   tokenizer = tokenizer_lib.Tokenizer(config.data.charset)
   mesh = sharding.create_mesh(config.mesh)
   state, shardings = train.create_train_state(
-      config, train.create_model(config, tokenizer), mesh,
-      jax.random.key(0, impl=config.train.rng_impl))
+    config,
+    train.create_model(config, tokenizer),
+    mesh,
+    jax.random.key(0, impl=config.train.rng_impl),
+  )
   checkpointer = checkpointing.Checkpointer(str(workdir), config.checkpoint)
   restored, _ = checkpointer.restore(checkpointing.abstract_like(state, shardings), step)
   checkpointer.close()
@@ -69,13 +89,18 @@ def _wait_for(predicate, process, log_path, interval=0.02):
     time.sleep(interval)
 
 
+@pytest.mark.slow
 def test_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path, bank_cache_dir, tiny_config):
   num_steps = 60
   steps = f"--config.train.num_steps={num_steps}"
   interrupted, log_path = tmp_path / "interrupted", tmp_path / "log.txt"
   with open(log_path, "w") as log:
-    process = subprocess.Popen(_command(interrupted, bank_cache_dir, steps, *QUIET), cwd=ROOT,
-                               stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+      _command(interrupted, bank_cache_dir, steps, *QUIET),
+      cwd=ROOT,
+      stdout=log,
+      stderr=subprocess.STDOUT,
+    )
     try:
       _wait_for(lambda: "[3] train/" in log_path.read_text(), process, log_path)
       process.send_signal(signal.SIGTERM)
@@ -94,29 +119,43 @@ def test_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path, bank_cache_di
   assert straight.returncode == 0, straight.stderr[-3000:]
 
   # Bit for bit: parameters, optimizer and BatchNorm state, and every loss.
-  _assert_states_equal(_restore(interrupted, tiny_config, num_steps),
-                       _restore(tmp_path / "straight", tiny_config, num_steps))
+  _assert_states_equal(
+    _restore(interrupted, tiny_config, num_steps),
+    _restore(tmp_path / "straight", tiny_config, num_steps),
+  )
   losses = {**_logged_losses(first_log), **_logged_losses(resumed.stderr)}
   assert len(losses) == num_steps
   assert losses == _logged_losses(straight.stderr)
 
 
+@pytest.mark.slow
 def test_kill_9_during_a_save_resumes_from_the_previous_checkpoint(tmp_path, bank_cache_dir):
   workdir, log_path = tmp_path / "run", tmp_path / "log.txt"
   checkpoints = workdir / "checkpoints"
-  saving = lambda: checkpoints.is_dir() and any(
-      "tmp" in name for name in os.listdir(checkpoints))
+  saving = lambda: checkpoints.is_dir() and any("tmp" in name for name in os.listdir(checkpoints))
   complete = lambda: sorted(int(n) for n in os.listdir(checkpoints) if n.isdigit())
   # A checkpoint every step: most of the run's time is spent saving.
-  overrides = ("--config.train.num_steps=1000", "--config.eval.every_steps=100000",
-               "--config.checkpoint.every_steps=1", "--config.checkpoint.max_to_keep=1000")
+  overrides = (
+    "--config.train.num_steps=1000",
+    "--config.eval.every_steps=100000",
+    "--config.checkpoint.every_steps=1",
+    "--config.checkpoint.max_to_keep=1000",
+  )
   for _ in range(5):  # The save may finish between the look and the kill: try again.
     with open(log_path, "w") as log:
-      process = subprocess.Popen(_command(workdir, bank_cache_dir, *overrides), cwd=ROOT,
-                                 stdout=log, stderr=subprocess.STDOUT)
+      process = subprocess.Popen(
+        _command(workdir, bank_cache_dir, *overrides),
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+      )
       try:
-        _wait_for(lambda: len(complete() if checkpoints.is_dir() else []) >= 2 and saving(),
-                  process, log_path, interval=0.002)
+        _wait_for(
+          lambda: len(complete() if checkpoints.is_dir() else []) >= 2 and saving(),
+          process,
+          log_path,
+          interval=0.002,
+        )
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=60)
       finally:
@@ -126,8 +165,12 @@ def test_kill_9_during_a_save_resumes_from_the_previous_checkpoint(tmp_path, ban
   assert saving(), "never killed the run in the middle of a save"
   before = complete()
 
-  resumed = _run(workdir, bank_cache_dir, f"--config.train.num_steps={before[-1] + 2}",
-                 "--config.eval.every_steps=100000")
+  resumed = _run(
+    workdir,
+    bank_cache_dir,
+    f"--config.train.num_steps={before[-1] + 2}",
+    "--config.eval.every_steps=100000",
+  )
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert f"Resumed from step {before[-1]}" in resumed.stderr
   assert not saving()  # the partial save was cleaned up
@@ -135,7 +178,7 @@ def test_kill_9_during_a_save_resumes_from_the_previous_checkpoint(tmp_path, ban
 
 
 def _train_step_fn(config):
-  _, schedule = train.create_optimizer(config.train)
+  _, schedule = optimizer.create_optimizer(config.train)
   return jax.jit(functools.partial(train.train_step, label_smoothing=0.0, schedule=schedule))
 
 
@@ -144,7 +187,7 @@ def test_a_nan_batch_is_skipped_and_counted(tiny_config):
   mesh = sharding.create_mesh(tiny_config.mesh)
   model = train.create_model(tiny_config, tokenizer)
   state, _ = train.create_train_state(tiny_config, model, mesh, jax.random.key(0))
-  batch = next(pipeline.create_datasets(tiny_config)[0].as_numpy_iterator())
+  batch = next(datasets.create_datasets(tiny_config)[0].as_numpy_iterator())
   poisoned = dict(batch, image=batch["image"].copy())
   poisoned["image"][0, 3, 5, 0] = np.nan
   step = _train_step_fn(tiny_config)
@@ -156,13 +199,16 @@ def test_a_nan_batch_is_skipped_and_counted(tiny_config):
     state, good_metrics = step(state, sharding.put_batch(batch, mesh), jax.random.key(1))
 
   # The poisoned step changed nothing but the step and the counters.
-  _assert_states_equal((before.params, before.opt_state, before.batch_stats),
-                       (skipped.params, skipped.opt_state, skipped.batch_stats))
+  _assert_states_equal(
+    (before.params, before.opt_state, before.batch_stats),
+    (skipped.params, skipped.opt_state, skipped.batch_stats),
+  )
   assert (int(skipped.step), int(skipped.skipped_steps), int(skipped.skipped_in_a_row)) == (2, 1, 1)
   # The next clean step trains again; the skipped step is masked out of the metrics.
   assert (int(state.step), int(state.skipped_steps), int(state.skipped_in_a_row)) == (3, 1, 0)
-  assert not np.array_equal(np.asarray(jax.tree.leaves(state.params)[0]),
-                            jax.tree.leaves(before.params)[0])
+  assert not np.array_equal(
+    np.asarray(jax.tree.leaves(state.params)[0]), jax.tree.leaves(before.params)[0]
+  )
   merged = bad_metrics.merge(good_metrics).compute()
   assert np.isfinite(merged["loss"]) and merged["loss"] == good_metrics.compute()["loss"]
 
@@ -205,33 +251,48 @@ def _limit_file_size(max_bytes):
     # killing the process.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, max_bytes))
+
   return limit
 
 
 def _error_lines(stderr: str) -> str:
   """The lines that name an error, without Orbax's tracebacks at exit."""
-  return "\n".join(line for line in stderr.splitlines()
-                   if "Error" in line and "sys.meta_path is None" not in line)[-5000:]
+  return "\n".join(
+    line for line in stderr.splitlines() if "Error" in line and "sys.meta_path is None" not in line
+  )[-5000:]
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_saving_leaves_the_previous_checkpoint_usable(
-    tmp_path, bank_cache_dir, tiny_config):
+  tmp_path, bank_cache_dir, tiny_config
+):
   workdir = tmp_path / "run"
   first = _run(workdir, bank_cache_dir, "--config.train.num_steps=2", *QUIET)
   assert first.returncode == 0, first.stderr[-3000:]
   saved = _restore(workdir, tiny_config, 2)
-  largest = max(os.path.getsize(os.path.join(d, f))
-                for d, _, files in os.walk(workdir / "checkpoints") for f in files)
+  largest = max(
+    os.path.getsize(os.path.join(d, f))
+    for d, _, files in os.walk(workdir / "checkpoints")
+    for f in files
+  )
 
   # The next save cannot write its largest file. Saved synchronously: with
   # async saves the failure sometimes surfaces elsewhere in Orbax's shutdown.
-  full = _run(workdir, bank_cache_dir, "--config.train.num_steps=4", *QUIET,
-              "--config.checkpoint.async_save=False",
-              preexec_fn=_limit_file_size(largest // 2))
+  full = _run(
+    workdir,
+    bank_cache_dir,
+    "--config.train.num_steps=4",
+    *QUIET,
+    "--config.checkpoint.async_save=False",
+    preexec_fn=_limit_file_size(largest // 2),
+  )
   assert full.returncode != 0
-  assert re.search(r"OSError: .*checkpoint.* failed: .*File too large.*The complete "
-                   r"checkpoints in \S+checkpoints \(steps \[2\]\) are untouched",
-                   full.stderr, re.DOTALL), _error_lines(full.stderr)
+  assert re.search(
+    r"OSError: .*checkpoint.* failed: .*File too large.*The complete "
+    r"checkpoints in \S+checkpoints \(steps \[2\]\) are untouched",
+    full.stderr,
+    re.DOTALL,
+  ), _error_lines(full.stderr)
   _assert_states_equal(_restore(workdir, tiny_config), saved)
 
   again = _run(workdir, bank_cache_dir, "--config.train.num_steps=4", *QUIET)
@@ -242,21 +303,33 @@ def test_a_full_disk_while_saving_leaves_the_previous_checkpoint_usable(
 
 def _png(path, size=(40, 20)):
   from PIL import Image
+
   Image.new("L", size, 200).save(path)
   return str(path)
 
 
-@pytest.mark.parametrize("name, make, message", [
+@pytest.mark.parametrize(
+  "name, make, message",
+  [
     ("missing.png", lambda p: None, "no such image file"),
     ("empty.png", lambda p: p.write_bytes(b""), r"is empty \(0 bytes\)"),
     ("text.png", lambda p: p.write_text("not an image"), "cannot be read as an image"),
-    ("truncated.png", lambda p: p.write_bytes(open(_png(p, (300, 200)), "rb").read()[:200]),
-     "cannot be read as an image"),
-    ("huge.png", lambda p: _png(p, (2000, 1000)), r"2000x1000 = 2,000,000 pixels, more than "
-     r"data\.max_image_pixels=1,000,000"),
-])
+    (
+      "truncated.png",
+      lambda p: p.write_bytes(open(_png(p, (300, 200)), "rb").read()[:200]),
+      "cannot be read as an image",
+    ),
+    (
+      "huge.png",
+      lambda p: _png(p, (2000, 1000)),
+      r"2000x1000 = 2,000,000 pixels, more than "
+      r"data\.max_image_pixels=1,000,000",
+    ),
+  ],
+)
 def test_bad_image_files_are_refused_by_name(tmp_path, name, make, message):
   from input_pipeline import image_io
+
   path = tmp_path / name
   make(path)
   with pytest.raises(image_io.BadImageError, match=re.escape(str(path)) + ".*" + message):

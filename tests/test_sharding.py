@@ -19,6 +19,8 @@ import sys
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # 8-device subprocesses
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_DEVICES = 8
 NUM_STEPS = 3
@@ -27,37 +29,35 @@ ACCUM_STEPS = 2
 
 # name: (mesh sizes, rules preset, model.dtype, train.grad_accum_steps)
 CASES = {
-    "single": (dict(data=1, fsdp=1, tensor=1), None, "float32", 1),
-    "data": (dict(data=8, fsdp=1, tensor=1), None, "float32", 1),
-    "fsdp": (dict(data=4, fsdp=2, tensor=1), "fsdp", "float32", 1),
-    "tensor": (dict(data=4, fsdp=1, tensor=2), "tensor_parallel", "float32", 1),
-    "bfloat16": (dict(data=8, fsdp=1, tensor=1), None, "bfloat16", 1),
-    "accum": (dict(data=8, fsdp=1, tensor=1), None, "float32", ACCUM_STEPS),
+  "single": (dict(data=1, fsdp=1, tensor=1), None, "float32", 1),
+  "data": (dict(data=8, fsdp=1, tensor=1), None, "float32", 1),
+  "fsdp": (dict(data=4, fsdp=2, tensor=1), "fsdp", "float32", 1),
+  "tensor": (dict(data=4, fsdp=1, tensor=2), "tensor_parallel", "float32", 1),
+  "bfloat16": (dict(data=8, fsdp=1, tensor=1), None, "bfloat16", 1),
+  "accum": (dict(data=8, fsdp=1, tensor=1), None, "float32", ACCUM_STEPS),
 }
 # Two processes, run side by side; each compiles its cases one after another.
 GROUPS = (("single", "fsdp", "tensor"), ("data", "bfloat16", "accum"))
 # Parameters whose layout the tests check, as "/"-joined paths.
 INSPECTED = (
-    "image_encoder/resnet/conv1/kernel",
-    "image_encoder/projection/kernel",
-    "text_decoder/embed/embedding",
-    "text_decoder/layers_0/self_attention/query/kernel",
-    "text_decoder/layers_0/self_attention/out/kernel",
-    "text_decoder/layers_0/mlp_in/kernel",
-    "text_decoder/layers_0/mlp_out/kernel",
-    "text_decoder/layers_0/norm1/scale",
+  "image_encoder/resnet/conv1/kernel",
+  "image_encoder/projection/kernel",
+  "text_decoder/embed/embedding",
+  "text_decoder/layers_0/self_attention/query/kernel",
+  "text_decoder/layers_0/self_attention/out/kernel",
+  "text_decoder/layers_0/mlp_in/kernel",
+  "text_decoder/layers_0/mlp_out/kernel",
+  "text_decoder/layers_0/norm1/scale",
 )
 
 
 def make_config(case: str, cache_dir: str):
   """configs/tiny.py with the case's mesh, rules, dtype and accumulation."""
-  from configs import fsdp, tensor_parallel, tiny
+  from configs import tiny
+
   mesh, preset, dtype, accum = CASES[case]
-  config = {"fsdp": fsdp, "tensor_parallel": tensor_parallel}.get(preset, tiny).get_config()
-  if preset:  # The preset's mesh rules on the tiny model.
-    rules = config.mesh.rules
-    config = tiny.get_config()
-    config.mesh.rules = rules
+  config = tiny.get_config()
+  config.mesh.preset = preset or ""  # The preset's mesh rules on the tiny model.
   config.mesh.update(mesh)
   config.model.dtype = dtype
   config.model.dropout_rate = 0.0
@@ -93,17 +93,17 @@ def run_cases(cases, cache_dir: str, out_path: str) -> dict:
   """
   import functools
 
+  from flax import traverse_util
   import flax.linen as nn
   import jax
-  from flax import traverse_util
 
-  from fphtr_jax import sharding, train
+  from fphtr_jax import optimizer, sharding, train
   from fphtr_jax import tokenizer as tokenizer_lib
-  from input_pipeline import pipeline
+  from input_pipeline import datasets
 
   assert jax.device_count() == NUM_DEVICES, jax.devices()
   reference = make_config("single", cache_dir)
-  train_ds, _ = pipeline.create_datasets(reference)
+  train_ds, _ = datasets.create_datasets(reference)
   iterator = train_ds.as_numpy_iterator()
   batches = [same_images_per_micro_batch(next(iterator), ACCUM_STEPS) for _ in range(NUM_STEPS)]
   tokenizer = tokenizer_lib.Tokenizer(reference.data.charset)
@@ -120,34 +120,46 @@ def run_cases(cases, cache_dir: str, out_path: str) -> dict:
     key = (tuple(mesh_sizes.values()), preset)
     if key not in initial_states:
       initial_states[key] = train.create_train_state(
-          config, model, mesh, jax.random.key(config.train.seed, impl=config.train.rng_impl))
+        config, model, mesh, jax.random.key(config.train.seed, impl=config.train.rng_impl)
+      )
     state, shardings = initial_states[key]
     state, shardings = (tree.replace(apply_fn=model.apply) for tree in (state, shardings))
     params = traverse_util.flatten_dict(state.params, sep="/")
-    layout = {name: {"spec": [list(a) if isinstance(a, tuple) else a
-                              for a in params[name].sharding.spec],
-                     "shard_shape": list(params[name].addressable_shards[0].data.shape),
-                     "shape": list(params[name].shape)} for name in INSPECTED}
-    _, schedule = train.create_optimizer(config.train)
+    layout = {
+      name: {
+        "spec": [list(a) if isinstance(a, tuple) else a for a in params[name].sharding.spec],
+        "shard_shape": list(params[name].addressable_shards[0].data.shape),
+        "shape": list(params[name].shape),
+      }
+      for name in INSPECTED
+    }
+    _, schedule = optimizer.create_optimizer(config.train)
     step = jax.jit(
-        functools.partial(train.train_step, label_smoothing=0.0, schedule=schedule,
-                          grad_accum_steps=config.train.grad_accum_steps),
-        in_shardings=(shardings, sharding.batch_sharding(mesh), None),
-        out_shardings=(shardings, None))
+      functools.partial(
+        train.train_step,
+        label_smoothing=0.0,
+        schedule=schedule,
+        grad_accum_steps=config.train.grad_accum_steps,
+      ),
+      in_shardings=(shardings, sharding.batch_sharding(mesh), None),
+      out_shardings=(shardings, None),
+    )
     losses = []
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.logical_rules(config.mesh)):
       for batch in batches:
         state, metrics = step(state, sharding.put_batch(batch, mesh), jax.random.key(1))
         losses.append(float(metrics.compute()["loss"]))
     results[case] = {
-        "losses": losses,
-        "param_dtypes": sorted({str(x.dtype) for x in jax.tree.leaves(state.params)}),
-        "param_bytes": sharding.bytes_per_device(state.params),
-        "opt_state_bytes": sharding.bytes_per_device(state.opt_state),
-        "layout": layout,
+      "losses": losses,
+      "param_dtypes": sorted({str(x.dtype) for x in jax.tree.leaves(state.params)}),
+      "param_bytes": sharding.bytes_per_device(state.params),
+      "opt_state_bytes": sharding.bytes_per_device(state.opt_state),
+      "layout": layout,
     }
-    np.savez(f"{out_path}.{case}.npz", **{
-        k: np.asarray(v) for k, v in traverse_util.flatten_dict(state.params, sep="/").items()})
+    np.savez(
+      f"{out_path}.{case}.npz",
+      **{k: np.asarray(v) for k, v in traverse_util.flatten_dict(state.params, sep="/").items()},
+    )
   return results
 
 
@@ -156,22 +168,37 @@ def runs(bank_cache_dir, tmp_path_factory):
   """Runs every case in two side-by-side subprocesses of 8 simulated devices each."""
   # Render the word banks once, before the workers would both do it.
   from configs import tiny
-  from input_pipeline import pipeline
+  from input_pipeline.sources import synthetic
+
   config = tiny.get_config()
   config.data.cache_dir = bank_cache_dir
-  pipeline.load_banks(config)
+  synthetic.load_banks(config)
 
   out = tmp_path_factory.mktemp("sharding_runs")
   # Unoptimised code compiles in about half the time; every case uses it alike.
-  env = {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu",
-         "XLA_FLAGS": f"--xla_force_host_platform_device_count={NUM_DEVICES} "
-                      "--xla_backend_optimization_level=0"}
+  env = {
+    **os.environ,
+    "PYTHONPATH": ROOT,
+    "JAX_PLATFORMS": "cpu",
+    "XLA_FLAGS": f"--xla_force_host_platform_device_count={NUM_DEVICES} "
+    "--xla_backend_optimization_level=0",
+  }
   workers = []
   for index, group in enumerate(GROUPS):
     path = out / f"group{index}.json"
-    workers.append((path, subprocess.Popen(
-        [sys.executable, os.path.abspath(__file__), ",".join(group), bank_cache_dir, str(path)],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)))
+    workers.append(
+      (
+        path,
+        subprocess.Popen(
+          [sys.executable, os.path.abspath(__file__), ",".join(group), bank_cache_dir, str(path)],
+          cwd=ROOT,
+          env=env,
+          stdout=subprocess.PIPE,
+          stderr=subprocess.STDOUT,
+          text=True,
+        ),
+      )
+    )
   results = {}
   try:
     for path, worker in workers:
@@ -227,41 +254,49 @@ def test_fsdp_shards_parameters_and_optimizer_state(runs):
   # "embed" and "conv_out" go to fsdp; "mlp" would too, but the kernel's
   # "embed" dimension took the axis first.
   expected = {
-      "image_encoder/resnet/conv1/kernel": [None, None, None, "fsdp"],
-      "image_encoder/projection/kernel": [None, "fsdp"],
-      "text_decoder/embed/embedding": [None, "fsdp"],
-      "text_decoder/layers_0/self_attention/query/kernel": ["fsdp", None, None],
-      "text_decoder/layers_0/self_attention/out/kernel": [None, None, "fsdp"],
-      "text_decoder/layers_0/mlp_in/kernel": ["fsdp", None],
-      "text_decoder/layers_0/mlp_out/kernel": [None, "fsdp"],
-      "text_decoder/layers_0/norm1/scale": ["fsdp"],
+    "image_encoder/resnet/conv1/kernel": [None, None, None, "fsdp"],
+    "image_encoder/projection/kernel": [None, "fsdp"],
+    "text_decoder/embed/embedding": [None, "fsdp"],
+    "text_decoder/layers_0/self_attention/query/kernel": ["fsdp", None, None],
+    "text_decoder/layers_0/self_attention/out/kernel": [None, None, "fsdp"],
+    "text_decoder/layers_0/mlp_in/kernel": ["fsdp", None],
+    "text_decoder/layers_0/mlp_out/kernel": [None, "fsdp"],
+    "text_decoder/layers_0/norm1/scale": ["fsdp"],
   }
   for name, spec in expected.items():
     assert layout[name]["spec"] == spec, (name, layout[name])
-    split = [size // 2 if axes == "fsdp" else size
-             for size, axes in zip(layout[name]["shape"], spec)]
+    split = [
+      size // 2 if axes == "fsdp" else size for size, axes in zip(layout[name]["shape"], spec)
+    ]
     assert layout[name]["shard_shape"] == split, (name, layout[name])
   # Every device keeps about half of the parameters and of Adam's moments.
   for field in ("param_bytes", "opt_state_bytes"):
-    assert runs["fsdp"][field] < 0.55 * runs["single"][field], (field, runs["fsdp"][field],
-                                                                 runs["single"][field])
+    assert runs["fsdp"][field] < 0.55 * runs["single"][field], (
+      field,
+      runs["fsdp"][field],
+      runs["single"][field],
+    )
 
 
 def test_tensor_parallel_splits_heads_and_mlp(runs):
   layout = runs["tensor"]["layout"]
   expected = {
-      "text_decoder/layers_0/self_attention/query/kernel": [None, "tensor", None],
-      "text_decoder/layers_0/self_attention/out/kernel": ["tensor", None, None],
-      "text_decoder/layers_0/mlp_in/kernel": [None, "tensor"],
-      "text_decoder/layers_0/mlp_out/kernel": ["tensor", None],
+    "text_decoder/layers_0/self_attention/query/kernel": [None, "tensor", None],
+    "text_decoder/layers_0/self_attention/out/kernel": ["tensor", None, None],
+    "text_decoder/layers_0/mlp_in/kernel": [None, "tensor"],
+    "text_decoder/layers_0/mlp_out/kernel": ["tensor", None],
   }
   for name, spec in expected.items():
     assert layout[name]["spec"] == spec, (name, layout[name])
-    split = [size // 2 if axes == "tensor" else size
-             for size, axes in zip(layout[name]["shape"], spec)]
+    split = [
+      size // 2 if axes == "tensor" else size for size, axes in zip(layout[name]["shape"], spec)
+    ]
     assert layout[name]["shard_shape"] == split, (name, layout[name])
-  for name in ("image_encoder/resnet/conv1/kernel", "text_decoder/embed/embedding",
-               "text_decoder/layers_0/norm1/scale"):
+  for name in (
+    "image_encoder/resnet/conv1/kernel",
+    "text_decoder/embed/embedding",
+    "text_decoder/layers_0/norm1/scale",
+  ):
     assert all(axes is None for axes in layout[name]["spec"]), (name, layout[name])
   assert runs["tensor"]["param_bytes"] < runs["single"]["param_bytes"]
 

@@ -3,8 +3,8 @@ import pytest
 import tensorflow as tf
 
 from input_pipeline import augment
-from input_pipeline import handwriting
-from input_pipeline import synthetic
+from input_pipeline import composer as composer_lib
+from input_pipeline.wordbank import bank as bank_lib
 
 NUM_EXAMPLES = 24
 
@@ -24,11 +24,12 @@ def form_config(config, **overrides):
 @pytest.fixture(scope="module")
 def bank(bank_cache_dir):
   from configs import tiny
-  return handwriting.load_word_bank(tiny.get_config().data, "train", cache_dir=bank_cache_dir)
+
+  return bank_lib.load_word_bank(tiny.get_config().data, "train", cache_dir=bank_cache_dir)
 
 
 def compose_many(bank, data_config, num=NUM_EXAMPLES, seed=0):
-  composer = synthetic.SyntheticComposer(bank, data_config)
+  composer = composer_lib.SyntheticComposer(bank, data_config)
   compose = tf.function(composer.compose)
   examples = []
   for i in range(num):
@@ -47,7 +48,7 @@ def expected_text(bank, word_ids, boxes):
     elif box[0] != boxes[k - 1][0]:
       separator = "\n"
     else:
-      separator = "" if word in synthetic.PUNCTUATION else " "
+      separator = "" if word in composer_lib.PUNCTUATION else " "
     text += separator + word
   return text
 
@@ -61,7 +62,7 @@ def check_example(bank, layout, example):
   assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= height).all()
   assert (boxes[:, 3] <= width).all()
   covered = np.zeros((height, width), np.int32)
-  for (top, left, bottom, right) in boxes:
+  for top, left, bottom, right in boxes:
     covered[top:bottom, left:right] += 1
   assert covered.max() == 1, "two words overlap"
 
@@ -110,7 +111,7 @@ def test_lines_that_do_not_fit_are_dropped_with_their_words(tiny_config, bank):
 
 def test_word_cap_caps_the_words_drawn(tiny_config, bank):
   config = form_config(tiny_config, words_per_form=(6, 16))
-  composer = synthetic.SyntheticComposer(bank, config.data)
+  composer = composer_lib.SyntheticComposer(bank, config.data)
   compose = tf.function(composer.compose)
 
   def counts(cap):
@@ -131,9 +132,10 @@ def test_word_cap_caps_the_words_drawn(tiny_config, bank):
 def test_punctuation_words_attach_to_the_word_before(tiny_config, bank_cache_dir, tmp_path):
   text_file = tmp_path / "text.txt"
   text_file.write_text("Hello , world . Is it raining ? Yes ; it is : very much !\n" * 20)
-  config = form_config(tiny_config, text_file=str(text_file), bank_size=200,
-                       words_per_writer=(200, 200))
-  bank = handwriting.load_word_bank(config.data, "train", cache_dir=bank_cache_dir)
+  config = form_config(
+    tiny_config, text_file=str(text_file), bank_size=200, words_per_writer=(200, 200)
+  )
+  bank = bank_lib.load_word_bank(config.data, "train", cache_dir=bank_cache_dir)
   composer, examples = compose_many(bank, config.data)
   for example in examples:
     check_example(bank, composer.layout, example)
@@ -156,13 +158,13 @@ def test_same_seed_same_example_other_seed_other_example(tiny_config, bank):
 def test_canvas_smaller_than_a_word_is_a_clear_error(tiny_config, bank):
   config = form_config(tiny_config, image_height=8)
   with pytest.raises(ValueError, match="data.image_height"):
-    synthetic.SyntheticComposer(bank, config.data)
+    composer_lib.SyntheticComposer(bank, config.data)
 
 
 def test_no_word_fits_is_a_clear_error(tiny_config, bank):
   config = form_config(tiny_config, image_width=3)
   with pytest.raises(ValueError, match="data.image_width"):
-    synthetic.SyntheticComposer(bank, config.data)
+    composer_lib.SyntheticComposer(bank, config.data)
 
 
 @pytest.mark.parametrize("perspective", [False, True])
@@ -173,11 +175,23 @@ def test_warp_keeps_the_text_on_the_canvas(perspective):
     # Text boxes from a small patch to the whole canvas.
     top, left = i % 5, (3 * i) % 11
     box = tf.constant([top, left, height - (i % 3), width - (i % 7)], tf.int32)
-    matrix = augment.warp_matrix(box, (height, width), tf.constant([i, 1]), max_rotation=10.0,
-                                 perspective=perspective, random_placement=True).numpy()
+    matrix = augment.warp_matrix(
+      box,
+      (height, width),
+      tf.constant([i, 1]),
+      max_rotation=10.0,
+      perspective=perspective,
+      random_placement=True,
+    ).numpy()
     b = box.numpy().astype(np.float64)
-    points = np.stack([b[1] - 0.5 + corners[:, 0] * (b[3] - b[1]),
-                       b[0] - 0.5 + corners[:, 1] * (b[2] - b[0]), np.ones(4)], axis=1)
+    points = np.stack(
+      [
+        b[1] - 0.5 + corners[:, 0] * (b[3] - b[1]),
+        b[0] - 0.5 + corners[:, 1] * (b[2] - b[0]),
+        np.ones(4),
+      ],
+      axis=1,
+    )
     mapped = points @ matrix.T
     mapped = mapped[:, :2] / mapped[:, 2:]
     assert (mapped >= -0.5 - 1e-6).all()
@@ -187,11 +201,17 @@ def test_warp_keeps_the_text_on_the_canvas(perspective):
 
 def test_augmented_form_keeps_its_ink(tiny_config, bank):
   config = form_config(tiny_config)
-  composer = synthetic.SyntheticComposer(bank, config.data)
+  composer = composer_lib.SyntheticComposer(bank, config.data)
   for i in range(6):
     example = composer.compose(tf.constant([5, i], tf.int64))
-    warped = augment.warp(example["ink"], example["content_box"], tf.constant([6, i]),
-                          max_rotation=3.0, perspective=True, random_placement=True)
+    warped = augment.warp(
+      example["ink"],
+      example["content_box"],
+      tf.constant([6, i]),
+      max_rotation=3.0,
+      perspective=True,
+      random_placement=True,
+    )
     ratio = float(tf.reduce_sum(warped) / tf.reduce_sum(tf.cast(example["ink"], tf.float32)))
     # Scale +-10% changes the area by at most ~21%; a cut-off would lose more.
     assert 0.7 < ratio < 1.3
@@ -208,7 +228,7 @@ def test_glyph_centres_sit_on_their_letters_and_between_words(tiny_config, bank)
     boxes, text = example["boxes"][:n], example["text"].decode()
     centres = example["glyph_centres"]
     assert centres.shape == (config.data.max_len - 1, 2)
-    assert (centres[len(text) + 1:] == 0).all()
+    assert (centres[len(text) + 1 :] == 0).all()
     position = 0
     for k, (word_id, (top, left, bottom, right)) in enumerate(zip(example["word_ids"][:n], boxes)):
       if k and text[position] in " \n":
@@ -237,11 +257,12 @@ def test_warp_points_follow_the_ink():
   for i in range(8):
     y, x = 14 + 5 * i, 12 + 9 * i
     ink = np.zeros((height, width), np.float32)
-    ink[y - 1:y + 2, x - 1:x + 2] = 255.0
+    ink[y - 1 : y + 2, x - 1 : x + 2] = 255.0
     seed = tf.constant([i, 3])
     warped = augment.warp(ink, box, seed, **options).numpy()
     rows, cols = np.mgrid[:height, :width]
     centroid = np.array([(rows * warped).sum(), (cols * warped).sum()]) / warped.sum()
-    point = augment.warp_points(tf.constant([[y, x]], tf.float32), box, (height, width), seed,
-                                **options).numpy()[0]
+    point = augment.warp_points(
+      tf.constant([[y, x]], tf.float32), box, (height, width), seed, **options
+    ).numpy()[0]
     np.testing.assert_allclose(point, centroid, atol=0.3)

@@ -12,7 +12,7 @@ def test_round_trip_with_special_tokens():
   assert ids.dtype == np.int32 and ids.shape == (80,)
   assert ids[0] == tokenizer_lib.SOS_ID
   assert ids[len(text) + 1] == tokenizer_lib.EOS_ID
-  assert (ids[len(text) + 2:] == tokenizer_lib.PAD_ID).all()
+  assert (ids[len(text) + 2 :] == tokenizer_lib.PAD_ID).all()
   assert tok.decode(ids) == text
   assert tok.decode_batch(np.stack([ids, tok.encode("x", max_len=80)])) == [text, "x"]
 

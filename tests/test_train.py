@@ -11,10 +11,10 @@ import jax
 import numpy as np
 import pytest
 
-from fphtr_jax import checkpointing, sharding, train
-from fphtr_jax.models import resnet
+from fphtr_jax import checkpointing, config_validation, losses, optimizer, sharding, train
 from fphtr_jax import tokenizer as tokenizer_lib
-from input_pipeline import pipeline
+from fphtr_jax.models import resnet
+from input_pipeline import datasets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -24,22 +24,26 @@ def _setup(config):
   mesh = sharding.create_mesh(config.mesh)
   model = train.create_model(config, tokenizer)
   state, shardings = train.create_train_state(
-      config, model, mesh, jax.random.key(0, impl=config.train.rng_impl))
+    config, model, mesh, jax.random.key(0, impl=config.train.rng_impl)
+  )
   return tokenizer, mesh, model, state, shardings
 
 
 def _leaves_equal(a, b):
-  return all(np.array_equal(np.asarray(x), np.asarray(y))
-             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+  return all(
+    np.array_equal(np.asarray(x), np.asarray(y))
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+  )
 
 
 def test_loss_decreases_on_a_repeated_batch(tiny_config):
   tokenizer, mesh, model, state, shardings = _setup(tiny_config)
-  train_ds, _ = pipeline.create_datasets(tiny_config)
+  train_ds, _ = datasets.create_datasets(tiny_config)
   batch = next(train_ds.as_numpy_iterator())
-  _, schedule = train.create_optimizer(tiny_config.train)
-  step = jax.jit(functools.partial(train.train_step, label_smoothing=0.1, schedule=schedule),
-                 donate_argnums=0)
+  _, schedule = optimizer.create_optimizer(tiny_config.train)
+  step = jax.jit(
+    functools.partial(train.train_step, label_smoothing=0.1, schedule=schedule), donate_argnums=0
+  )
   losses = []
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.logical_rules(tiny_config.mesh)):
     global_batch = sharding.put_batch(batch, mesh)
@@ -54,12 +58,13 @@ def test_loss_decreases_on_a_repeated_batch(tiny_config):
 def test_checkpoint_restores_bit_identically(tiny_config, tmp_path):
   tokenizer, mesh, model, state, shardings = _setup(tiny_config)
   # Take a step so the optimizer state is not all zeros.
-  train_ds, _ = pipeline.create_datasets(tiny_config)
-  _, schedule = train.create_optimizer(tiny_config.train)
+  train_ds, _ = datasets.create_datasets(tiny_config)
+  _, schedule = optimizer.create_optimizer(tiny_config.train)
   step = jax.jit(functools.partial(train.train_step, label_smoothing=0.0, schedule=schedule))
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.logical_rules(tiny_config.mesh)):
-    state, _ = step(state, sharding.put_batch(next(train_ds.as_numpy_iterator()), mesh),
-                    jax.random.key(1))
+    state, _ = step(
+      state, sharding.put_batch(next(train_ds.as_numpy_iterator()), mesh), jax.random.key(1)
+    )
 
   checkpointer = checkpointing.Checkpointer(str(tmp_path), tiny_config.checkpoint)
   checkpointer.save(1, state, tokenizer, tiny_config)
@@ -70,8 +75,8 @@ def test_checkpoint_restores_bit_identically(tiny_config, tmp_path):
   _, _, _, other, other_shardings = _setup(tiny_config)
   assert not _leaves_equal(other.params, state.params)
   restored, restored_tokenizer = checkpointing.Checkpointer(
-      str(tmp_path), tiny_config.checkpoint).restore(
-          checkpointing.abstract_like(other, other_shardings))
+    str(tmp_path), tiny_config.checkpoint
+  ).restore(checkpointing.abstract_like(other, other_shardings))
   assert int(restored.step) == 1
   assert restored_tokenizer == tokenizer
   assert _leaves_equal(restored.params, state.params)
@@ -114,28 +119,40 @@ def test_workdir_with_another_vocabulary_is_refused(tiny_config, tmp_path):
     train.train_and_evaluate(tiny_config, str(tmp_path))
 
 
-@pytest.mark.parametrize("field, value", [
+@pytest.mark.parametrize(
+  "field, value",
+  [
     ("train.batch_size", 0),
     ("train.optimizer", "sgd"),
     ("eval.every_steps", -1),
     ("data.image_height", 16),
     ("data.single_line_pages", 1.5),
-])
+  ],
+)
 def test_bad_config_value_names_its_field(tiny_config, field, value):
   section, name = field.split(".")
   tiny_config[section][name] = value
   with pytest.raises(ValueError, match=field.replace(".", r"\.")):
-    train.validate_config(tiny_config)
+    config_validation.validate_config(tiny_config)
 
 
 def test_command_line_error_names_the_field(tmp_path):
   result = subprocess.run(
-      [sys.executable, "-m", "fphtr_jax.main", "--config=configs/tiny.py",
-       f"--workdir={tmp_path}", "--config.model.encoder=resnet99"],
-      cwd=ROOT, capture_output=True, text=True, timeout=300)
+    [
+      sys.executable,
+      "-m",
+      "fphtr_jax.main",
+      "--config=configs/tiny.py",
+      f"--workdir={tmp_path}",
+      "--config.model.encoder=resnet99",
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert result.returncode != 0
   assert "model.encoder='resnet99'" in result.stderr
-
 
 
 def test_attention_loss_is_lowest_when_attending_to_the_glyph():
@@ -147,7 +164,7 @@ def test_attention_loss_is_lowest_when_attending_to_the_glyph():
     attention = np.full((1, 1, 16), 0.0 if cell is not None else 1 / 16, np.float32)
     if cell is not None:
       attention[0, 0, cell] = 1.0
-    return float(train.attention_loss(attention, glyph, weights, image_shape, stride, 1.0))
+    return float(losses.attention_loss(attention, glyph, weights, image_shape, stride, 1.0))
 
   on_glyph, beside, uniform, far = loss(1 * 8 + 4), loss(1 * 8 + 5), loss(None), loss(0)
   assert on_glyph < 0.05 and on_glyph < beside < uniform < far
@@ -155,20 +172,27 @@ def test_attention_loss_is_lowest_when_attending_to_the_glyph():
   attention = np.zeros((1, 2, 16), np.float32)
   attention[0, :, 12] = 1.0
   both = np.concatenate([glyph, np.zeros_like(glyph)], axis=1)
-  masked = train.attention_loss(attention, both, np.array([[1.0, 0.0]], np.float32), image_shape,
-                                stride, 1.0)
+  masked = losses.attention_loss(
+    attention, both, np.array([[1.0, 0.0]], np.float32), image_shape, stride, 1.0
+  )
   np.testing.assert_allclose(float(masked), on_glyph, rtol=1e-6)
 
 
 def test_guided_attention_learns_where_to_look(tiny_config):
   tiny_config.train.attention_loss_weight = 1.0
   tokenizer, mesh, model, state, shardings = _setup(tiny_config)
-  train_ds, _ = pipeline.create_datasets(tiny_config)
+  train_ds, _ = datasets.create_datasets(tiny_config)
   batch = next(train_ds.as_numpy_iterator())
-  _, schedule = train.create_optimizer(tiny_config.train)
-  step = jax.jit(functools.partial(
-      train.train_step, label_smoothing=0.0, schedule=schedule, attention_loss_weight=1.0,
-      encoder_stride=resnet.encoder_stride(tiny_config.model.encoder_last_stride)))
+  _, schedule = optimizer.create_optimizer(tiny_config.train)
+  step = jax.jit(
+    functools.partial(
+      train.train_step,
+      label_smoothing=0.0,
+      schedule=schedule,
+      attention_loss_weight=1.0,
+      encoder_stride=resnet.encoder_stride(tiny_config.model.encoder_last_stride),
+    )
+  )
   unguided = jax.jit(functools.partial(train.train_step, label_smoothing=0.0, schedule=schedule))
   history = []
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.logical_rules(tiny_config.mesh)):

@@ -40,23 +40,23 @@ _LAYER_NORM_EPS = 1e-5  # torch's default
 def _dense(features: int, axes: tuple[str, str], dtype: Any, name: str) -> nn.Dense:
   """Dense layer with a Xavier-uniform kernel and a zero bias, both named."""
   return nn.Dense(
-      features,
-      dtype=dtype,
-      param_dtype=jnp.float32,
-      kernel_init=nn.with_logical_partitioning(nn.initializers.xavier_uniform(), axes),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[-1:]),
-      name=name,
+    features,
+    dtype=dtype,
+    param_dtype=jnp.float32,
+    kernel_init=nn.with_logical_partitioning(nn.initializers.xavier_uniform(), axes),
+    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[-1:]),
+    name=name,
   )
 
 
 def _layer_norm(dtype: Any, name: str) -> nn.LayerNorm:
   return nn.LayerNorm(
-      epsilon=_LAYER_NORM_EPS,
-      dtype=dtype,
-      param_dtype=jnp.float32,
-      scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
-      name=name,
+    epsilon=_LAYER_NORM_EPS,
+    dtype=dtype,
+    param_dtype=jnp.float32,
+    scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+    name=name,
   )
 
 
@@ -79,29 +79,29 @@ class _Attention(nn.Module):
     """[B, T, D] -> [B, T, H, D/H]."""
     d_model = x.shape[-1]
     return nn.Einsum(
-        (d_model, self.num_heads, d_model // self.num_heads),
-        "btd,dhk->bthk",
-        dtype=self.dtype,
-        param_dtype=jnp.float32,
-        kernel_init=nn.with_logical_partitioning(
-            nn.initializers.xavier_uniform(in_axis=0, out_axis=(1, 2)),
-            ("embed", "heads", "kv")),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("heads", "kv")),
-        name=name,
+      (d_model, self.num_heads, d_model // self.num_heads),
+      "btd,dhk->bthk",
+      dtype=self.dtype,
+      param_dtype=jnp.float32,
+      kernel_init=nn.with_logical_partitioning(
+        nn.initializers.xavier_uniform(in_axis=0, out_axis=(1, 2)), ("embed", "heads", "kv")
+      ),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("heads", "kv")),
+      name=name,
     )(x)
 
   def _project_out(self, x, d_model: int):
     """[B, T, H, D/H] -> [B, T, D]."""
     return nn.Einsum(
-        x.shape[-2:] + (d_model,),
-        "bthk,hkd->btd",
-        dtype=self.dtype,
-        param_dtype=jnp.float32,
-        kernel_init=nn.with_logical_partitioning(
-            nn.initializers.xavier_uniform(in_axis=(0, 1), out_axis=2),
-            ("heads", "kv", "embed")),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
-        name="out",
+      x.shape[-2:] + (d_model,),
+      "bthk,hkd->btd",
+      dtype=self.dtype,
+      param_dtype=jnp.float32,
+      kernel_init=nn.with_logical_partitioning(
+        nn.initializers.xavier_uniform(in_axis=(0, 1), out_axis=2), ("heads", "kv", "embed")
+      ),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+      name="out",
     )(x)
 
   def _attend(self, query, key, value, mask, deterministic: bool):
@@ -186,11 +186,17 @@ class CrossAttention(_Attention):
       # The memory is fixed during decoding: project it on the first step
       # only. lax.cond runs one branch, so later steps skip the projection.
       key, value = nn.cond(
-          cache_index.value == 0,
-          lambda module, m, k, v: (_head_major(module._project_in(m, "key")),
-                                   _head_major(module._project_in(m, "value"))),
-          lambda module, m, k, v: (k, v),
-          self, memory, cached_key.value, cached_value.value)
+        cache_index.value == 0,
+        lambda module, m, k, v: (
+          _head_major(module._project_in(m, "key")),
+          _head_major(module._project_in(m, "value")),
+        ),
+        lambda module, m, k, v: (k, v),
+        self,
+        memory,
+        cached_key.value,
+        cached_value.value,
+      )
       cached_key.value, cached_value.value = key, value
       cache_index.value = cache_index.value + 1
     else:
@@ -221,7 +227,8 @@ class DecoderLayer(nn.Module):
     deterministic = not train
     d_model = x.shape[-1]
     attention_args = dict(
-        num_heads=self.num_heads, dropout_rate=self.dropout_rate, dtype=self.dtype)
+      num_heads=self.num_heads, dropout_rate=self.dropout_rate, dtype=self.dtype
+    )
 
     def sublayer(x, index, fn):
       """Residual around fn, with LayerNorm before (pre-norm) or after the sum."""
@@ -231,17 +238,18 @@ class DecoderLayer(nn.Module):
       return x if self.pre_norm else norm(x)
 
     def mlp(y):
-      y = nn.gelu(_dense(self.mlp_dim, ("embed", "mlp"), self.dtype, "mlp_in")(y),
-                  approximate=False)
+      y = nn.gelu(
+        _dense(self.mlp_dim, ("embed", "mlp"), self.dtype, "mlp_in")(y), approximate=False
+      )
       y = nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
       return _dense(d_model, ("mlp", "embed"), self.dtype, "mlp_out")(y)
 
-    self_attention = SelfAttention(
-        max_len=self.max_len, name="self_attention", **attention_args)
+    self_attention = SelfAttention(max_len=self.max_len, name="self_attention", **attention_args)
     cross_attention = CrossAttention(name="cross_attention", **attention_args)
     x = sublayer(x, 1, lambda y: self_attention(y, deterministic=deterministic, decode=decode))
-    x = sublayer(x, 2, lambda y: cross_attention(
-        y, memory, deterministic=deterministic, decode=decode))
+    x = sublayer(
+      x, 2, lambda y: cross_attention(y, memory, deterministic=deterministic, decode=decode)
+    )
     x = sublayer(x, 3, mlp)
     return nn.with_logical_constraint(x, _EMBED_AXES)
 
@@ -274,14 +282,14 @@ class TextDecoder(nn.Module):
     if length > self.max_len:
       raise ValueError(f"tokens have length {length}, more than max_len={self.max_len}.")
     x = nn.Embed(
-        self.vocab_size,
-        self.d_model,
-        dtype=self.dtype,
-        param_dtype=jnp.float32,
-        embedding_init=nn.with_logical_partitioning(
-            nn.initializers.variance_scaling(1.0, "fan_in", "normal", out_axis=0),
-            ("vocab", "embed")),
-        name="embed",
+      self.vocab_size,
+      self.d_model,
+      dtype=self.dtype,
+      param_dtype=jnp.float32,
+      embedding_init=nn.with_logical_partitioning(
+        nn.initializers.variance_scaling(1.0, "fan_in", "normal", out_axis=0), ("vocab", "embed")
+      ),
+      name="embed",
     )(tokens)
     x = x * np.sqrt(self.d_model).astype(x.dtype)
     table = jnp.asarray(position.sinusoidal_1d(self.max_len, self.d_model), self.dtype)
@@ -301,13 +309,13 @@ class TextDecoder(nn.Module):
     memory = jnp.asarray(memory, self.dtype)
     for index in range(self.num_layers):
       x = DecoderLayer(
-          num_heads=self.num_heads,
-          mlp_dim=self.mlp_dim,
-          max_len=self.max_len,
-          dropout_rate=self.dropout_rate,
-          pre_norm=self.pre_norm,
-          dtype=self.dtype,
-          name=f"layers_{index}",
+        num_heads=self.num_heads,
+        mlp_dim=self.mlp_dim,
+        max_len=self.max_len,
+        dropout_rate=self.dropout_rate,
+        pre_norm=self.pre_norm,
+        dtype=self.dtype,
+        name=f"layers_{index}",
       )(x, memory, train=train, decode=decode)
     if self.pre_norm:
       x = _layer_norm(self.dtype, "final_norm")(x)

@@ -29,8 +29,17 @@ from fphtr_jax.models import resnet
 ENCODERS = tuple(resnet.RESNETS)
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # config.model fields that become FPHTR attributes unchanged.
-_CONFIG_FIELDS = ("encoder", "encoder_width", "encoder_last_stride", "d_model", "num_layers",
-                  "num_heads", "mlp_dim", "dropout_rate", "pre_norm")
+_CONFIG_FIELDS = (
+  "encoder",
+  "encoder_width",
+  "encoder_last_stride",
+  "d_model",
+  "num_layers",
+  "num_heads",
+  "mlp_dim",
+  "dropout_rate",
+  "pre_norm",
+)
 
 
 class FPHTR(nn.Module):
@@ -62,23 +71,23 @@ class FPHTR(nn.Module):
 
   def setup(self):
     self.image_encoder = resnet.ImageEncoder(
-        encoder=self.encoder,
-        width=self.encoder_width,
-        last_stride=tuple(self.encoder_last_stride),
-        d_model=self.d_model,
-        dropout_rate=self.dropout_rate,
-        dtype=self.dtype,
+      encoder=self.encoder,
+      width=self.encoder_width,
+      last_stride=tuple(self.encoder_last_stride),
+      d_model=self.d_model,
+      dropout_rate=self.dropout_rate,
+      dtype=self.dtype,
     )
     self.text_decoder = decoder_lib.TextDecoder(
-        vocab_size=self.vocab_size,
-        max_len=self.max_len,
-        d_model=self.d_model,
-        num_layers=self.num_layers,
-        num_heads=self.num_heads,
-        mlp_dim=self.mlp_dim,
-        dropout_rate=self.dropout_rate,
-        pre_norm=self.pre_norm,
-        dtype=self.dtype,
+      vocab_size=self.vocab_size,
+      max_len=self.max_len,
+      d_model=self.d_model,
+      num_layers=self.num_layers,
+      num_heads=self.num_heads,
+      mlp_dim=self.mlp_dim,
+      dropout_rate=self.dropout_rate,
+      pre_norm=self.pre_norm,
+      dtype=self.dtype,
     )
 
   def __call__(self, images, tokens, *, train: bool):
@@ -112,24 +121,24 @@ class FPHTR(nn.Module):
 def create_model(model_config, vocab_size: int, max_len: int) -> FPHTR:
   """Builds FPHTR from config.model, checking the fields it depends on."""
   if model_config.encoder not in resnet.RESNETS:
-    raise ValueError(
-        f"model.encoder={model_config.encoder!r} is unknown; use one of {ENCODERS}.")
+    raise ValueError(f"model.encoder={model_config.encoder!r} is unknown; use one of {ENCODERS}.")
   if model_config.dtype not in DTYPES:
-    raise ValueError(
-        f"model.dtype={model_config.dtype!r} is unknown; use one of {tuple(DTYPES)}.")
+    raise ValueError(f"model.dtype={model_config.dtype!r} is unknown; use one of {tuple(DTYPES)}.")
   if model_config.d_model % model_config.num_heads:
     raise ValueError(
-        f"model.d_model={model_config.d_model} must be divisible by "
-        f"model.num_heads={model_config.num_heads}.")
+      f"model.d_model={model_config.d_model} must be divisible by "
+      f"model.num_heads={model_config.num_heads}."
+    )
   if model_config.d_model % 4:
     raise ValueError(
-        f"model.d_model={model_config.d_model} must be divisible by 4 "
-        "(the 2D position encoding needs a sin/cos pair per axis).")
+      f"model.d_model={model_config.d_model} must be divisible by 4 "
+      "(the 2D position encoding needs a sin/cos pair per axis)."
+    )
   return FPHTR(
-      vocab_size=vocab_size,
-      max_len=max_len,
-      dtype=DTYPES[model_config.dtype],
-      **{name: model_config[name] for name in _CONFIG_FIELDS},
+    vocab_size=vocab_size,
+    max_len=max_len,
+    dtype=DTYPES[model_config.dtype],
+    **{name: model_config[name] for name in _CONFIG_FIELDS},
   )
 
 
@@ -148,7 +157,8 @@ def init_cache(model: FPHTR, batch_size: int, memory_len: int):
   tokens = jnp.zeros((batch_size, 1), jnp.int32)
   # Shapes only: no parameters are computed; every cache entry starts at zero.
   shapes = jax.eval_shape(
-      lambda: model.init(
-          jax.random.key(0), memory, tokens, train=False, decode=True,
-          method=FPHTR.decode)["cache"])
+    lambda: model.init(
+      jax.random.key(0), memory, tokens, train=False, decode=True, method=FPHTR.decode
+    )["cache"]
+  )
   return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)

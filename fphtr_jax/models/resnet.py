@@ -11,18 +11,15 @@ for stride 2 gives ceil(n / 2), the same size as 'SAME' padding; the trunk
 turns an H x W image into ceil(H / 32) x ceil(W / 32) features.
 """
 
-import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
+from fphtr_jax import pixels
 from fphtr_jax.models import position
 
 Strides = int | tuple[int, int]  # one for both axes, or (height, width)
-
-# Blank paper as the input pipeline normalises it: (1 - 0.8275) / 0.2314.
-PAPER = (1.0 - 0.8275) / 0.2314
 
 # He-normal over fan_out, as torchvision initialises its convolutions.
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -37,29 +34,29 @@ def _conv(features: int, kernel: int, strides: Strides, dtype: Any, name: str) -
   """Bias-free conv with torchvision's padding (kernel // 2 on each side)."""
   pad = kernel // 2
   return nn.Conv(
-      features,
-      (kernel, kernel),
-      strides=_pair(strides),
-      padding=((pad, pad), (pad, pad)),
-      use_bias=False,
-      dtype=dtype,
-      param_dtype=jnp.float32,
-      kernel_init=nn.with_logical_partitioning(_conv_init, _CONV_AXES),
-      name=name,
+    features,
+    (kernel, kernel),
+    strides=_pair(strides),
+    padding=((pad, pad), (pad, pad)),
+    use_bias=False,
+    dtype=dtype,
+    param_dtype=jnp.float32,
+    kernel_init=nn.with_logical_partitioning(_conv_init, _CONV_AXES),
+    name=name,
   )
 
 
 def _batch_norm(train: bool, dtype: Any, name: str) -> nn.BatchNorm:
   """BatchNorm matching torch's defaults (momentum 0.1 == flax momentum 0.9)."""
   return nn.BatchNorm(
-      use_running_average=not train,
-      momentum=0.9,
-      epsilon=1e-5,
-      dtype=dtype,
-      param_dtype=jnp.float32,
-      scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("conv_out",)),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)),
-      name=name,
+    use_running_average=not train,
+    momentum=0.9,
+    epsilon=1e-5,
+    dtype=dtype,
+    param_dtype=jnp.float32,
+    scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("conv_out",)),
+    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)),
+    name=name,
   )
 
 
@@ -110,9 +107,9 @@ class Bottleneck(nn.Module):
 
 # name -> (block, blocks per stage), as in torchvision.
 RESNETS = {
-    "resnet18": (BasicBlock, (2, 2, 2, 2)),
-    "resnet34": (BasicBlock, (3, 4, 6, 3)),
-    "resnet50": (Bottleneck, (3, 4, 6, 3)),
+  "resnet18": (BasicBlock, (2, 2, 2, 2)),
+  "resnet34": (BasicBlock, (3, 4, 6, 3)),
+  "resnet50": (Bottleneck, (3, 4, 6, 3)),
 }
 
 
@@ -153,10 +150,10 @@ class ResNet(nn.Module):
         if stage > 0 and index == 0:
           strides = self.last_stride if stage == last else 2
         x = self.block(
-            features=self.width * 2**stage,
-            strides=strides,
-            dtype=self.dtype,
-            name=f"layer{stage + 1}_{index}",
+          features=self.width * 2**stage,
+          strides=strides,
+          dtype=self.dtype,
+          name=f"layer{stage + 1}_{index}",
         )(x, train=train)
     return x
 
@@ -195,17 +192,19 @@ class ImageEncoder(nn.Module):
     block, stage_sizes = RESNETS[self.encoder]
     # Paper at 0: the convolutions' zero padding then continues the page
     # instead of framing it with a dark edge that draws the attention.
-    features = ResNet(block, stage_sizes, self.width, self.last_stride, self.dtype,
-                      name="resnet")(images - PAPER, train=train)
+    features = ResNet(block, stage_sizes, self.width, self.last_stride, self.dtype, name="resnet")(
+      images - pixels.PAPER, train=train
+    )
     # A 1x1 conv is a dense layer over channels; its kernel is 2D.
     x = nn.Dense(
-        self.d_model,
-        dtype=self.dtype,
-        param_dtype=jnp.float32,
-        kernel_init=nn.with_logical_partitioning(
-            nn.initializers.lecun_normal(), ("conv_in", "embed")),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
-        name="projection",
+      self.d_model,
+      dtype=self.dtype,
+      param_dtype=jnp.float32,
+      kernel_init=nn.with_logical_partitioning(
+        nn.initializers.lecun_normal(), ("conv_in", "embed")
+      ),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+      name="projection",
     )(features)
     batch, height, width, _ = x.shape
     x = x + jnp.asarray(position.sinusoidal_2d(height, width, self.d_model), self.dtype)

@@ -15,25 +15,21 @@ ascii/lines.txt and ascii/words.txt give the bounding boxes and segmentation
 status of lines and words. Form images are cropped to their handwritten part
 (the first line's top - 150 px to the last line's bottom + 150 px, full width).
 
-Splits are by form: the Aachen split lists shipped with this package by
-default, or a seeded random split of all forms.
+Splits are by form: the Aachen split lists shipped with this package
+(aachen_splits/) by default, or a seeded random split of all forms.
 """
 
 import dataclasses
-import hashlib
 import html.entities
 import importlib.resources
-import json
 import pathlib
 import re
-import time
 import xml.etree.ElementTree as ET
 
 from absl import logging
 import numpy as np
 from PIL import Image
 
-from input_pipeline import handwriting
 from input_pipeline import image_io
 
 LEVELS = ("word", "line", "form")
@@ -52,7 +48,12 @@ _ASCII_ENTITY = re.compile(r"&(?:quot|amp|apos|lt|gt|#\d+|#x[0-9a-fA-F]+);")
 
 @dataclasses.dataclass(frozen=True)
 class Options:
-  """The `config.data` fields that shape the IAM records, with their defaults."""
+  """The `config.data` fields that shape the IAM records (data.iam_*).
+
+  The defaults are those of configs/default.py: the TFDS builder's named
+  configs (`tfds_builder.builder_config`) are prepared with them.
+  """
+
   iam_dir: str
   scale: float = DEFAULT_SCALE
   split: str = "aachen"  # aachen | random
@@ -64,21 +65,22 @@ class Options:
 
 def options_from_config(data_config) -> Options:
   """Reads and checks the data.iam_* fields; data.iam_dir is required."""
-  iam_dir = data_config.get("iam_dir")
+  iam_dir = data_config.iam_dir
   if not iam_dir:
-    raise ValueError("data.iam_dir is required with data.source='iam': the folder of your IAM "
-                     "download (with xml/, ascii/, lines/, ...), e.g. "
-                     "--config.data.iam_dir=~/data/iam.")
-  default = Options(iam_dir="")
+    raise ValueError(
+      "data.iam_dir is required with data.source='iam': the folder of your IAM "
+      "download (with xml/, ascii/, lines/, ...), e.g. "
+      "--config.data.iam_dir=~/data/iam."
+    )
   options = Options(
-      iam_dir=str(pathlib.Path(iam_dir).expanduser()),
-      scale=float(data_config.get("iam_scale", default.scale)),
-      split=str(data_config.get("iam_split", default.split)),
-      split_seed=int(data_config.get("iam_split_seed", default.split_seed)),
-      split_fractions=tuple(float(f) for f in
-                            data_config.get("iam_split_fractions", default.split_fractions)),
-      skip_err=bool(data_config.get("iam_skip_err", default.skip_err)),
-      bad_image=str(data_config.get("iam_bad_image", default.bad_image)))
+    iam_dir=str(pathlib.Path(iam_dir).expanduser()),
+    scale=float(data_config.iam_scale),
+    split=str(data_config.iam_split),
+    split_seed=int(data_config.iam_split_seed),
+    split_fractions=tuple(float(f) for f in data_config.iam_split_fractions),
+    skip_err=bool(data_config.iam_skip_err),
+    bad_image=str(data_config.iam_bad_image),
+  )
   check_options(options)
   return options
 
@@ -90,11 +92,14 @@ def check_options(options: Options):
     raise ValueError(f"data.iam_split={options.split!r} is not one of {SPLIT_SCHEMES}.")
   fractions = options.split_fractions
   if len(fractions) != 3 or min(fractions) < 0 or not np.isclose(sum(fractions), 1.0):
-    raise ValueError(f"data.iam_split_fractions={fractions} must be 3 fractions (train, "
-                     "validation, test) >= 0 that sum to 1.")
+    raise ValueError(
+      f"data.iam_split_fractions={fractions} must be 3 fractions (train, "
+      "validation, test) >= 0 that sum to 1."
+    )
   if options.bad_image not in BAD_IMAGE_POLICIES:
-    raise ValueError(f"data.iam_bad_image={options.bad_image!r} is not one of "
-                     f"{BAD_IMAGE_POLICIES}.")
+    raise ValueError(
+      f"data.iam_bad_image={options.bad_image!r} is not one of {BAD_IMAGE_POLICIES}."
+    )
 
 
 # --- Records -------------------------------------------------------------------
@@ -137,6 +142,7 @@ class Form:
 @dataclasses.dataclass(frozen=True)
 class Record:
   """One example: an image file (cropped for forms) and its text."""
+
   id: str
   level: str
   form_id: str
@@ -148,15 +154,17 @@ class Record:
 
 
 def _malformed(path, number: int, line: str, expected: str) -> ValueError:
-  return ValueError(f"{path}, line {number}: malformed entry {line.strip()!r}; expected "
-                    f"{expected}.")
+  return ValueError(
+    f"{path}, line {number}: malformed entry {line.strip()!r}; expected {expected}."
+  )
 
 
 def _data_lines(path: pathlib.Path):
   """(line number, text) of the non-comment, non-blank lines of an ascii file."""
   if not path.is_file():
-    raise FileNotFoundError(f"{path} is missing: the IAM download's ascii/ folder must hold "
-                            f"{path.name}.")
+    raise FileNotFoundError(
+      f"{path} is missing: the IAM download's ascii/ folder must hold {path.name}."
+    )
   with open(path, encoding="latin-1") as f:
     for number, line in enumerate(f, 1):
       if line.strip() and not line.startswith("#"):
@@ -221,19 +229,21 @@ def parse_words_txt(path) -> dict[str, tuple]:
     # The tag is never a number; the height is: it tells the two shapes apart.
     with_components = len(fields) >= 10 and fields[7].lstrip("-").isdigit()
     first_box = 4 if with_components else 3
-    values = _ints(fields[2:first_box + 4], path, number, line, expected)
-    text = _unescape_ascii(" ".join(fields[first_box + 5:]))
+    values = _ints(fields[2 : first_box + 4], path, number, line, expected)
+    text = _unescape_ascii(" ".join(fields[first_box + 5 :]))
     words[fields[0]] = (fields[1] == "ok", tuple(values[-4:]), text)
   return words
 
 
 def _resolve_entities(text: str) -> str:
   """Replaces HTML entities the XML parser does not know by their characters."""
+
   def replace(match):
     name = match.group(1)
     if name in _XML_ENTITIES or name not in html.entities.name2codepoint:
       return match.group(0)
     return f"&#{html.entities.name2codepoint[name]};"
+
   return _ENTITY.sub(replace, text)
 
 
@@ -269,19 +279,28 @@ def parse_form_xml(path, lines_txt: dict, words_txt: dict | None) -> Form:
           raise ValueError(f"{path}: word {word_id} is not in ascii/words.txt.")
         ok, word_box, _ = words_txt[word_id]
       words.append(Word(id=word_id, text=word.get("text", ""), ok=ok, box=word_box))
-    lines.append(Line(id=line_id, text=element.get("text"),
-                      ok=element.get("segmentation", "ok") == "ok", box=box,
-                      words=tuple(words)))
+    lines.append(
+      Line(
+        id=line_id,
+        text=element.get("text"),
+        ok=element.get("segmentation", "ok") == "ok",
+        box=box,
+        words=tuple(words),
+      )
+    )
   if not lines:
     raise ValueError(f"{path}: the <handwritten-part> has no <line>.")
   return Form(id=form.get("id"), writer=form.get("writer-id", ""), lines=tuple(lines))
 
 
-def _required_dir(root: pathlib.Path, name: str, what: str) -> pathlib.Path:
+def required_dir(root: pathlib.Path, name: str, what: str) -> pathlib.Path:
+  """root/name, which must be a folder; else FileNotFoundError saying it should hold `what`."""
   path = root / name
   if not path.is_dir():
-    raise FileNotFoundError(f"{path} is missing: the IAM download must hold {what} in "
-                            f"{name}/ (see input_pipeline/iam.py for the layout).")
+    raise FileNotFoundError(
+      f"{path} is missing: the IAM download must hold {what} in "
+      f"{name}/ (see input_pipeline/iam/reader.py for the layout)."
+    )
   return path
 
 
@@ -290,8 +309,8 @@ def parse_forms(iam_dir, *, need_words: bool = False) -> list[Form]:
   root = pathlib.Path(iam_dir).expanduser()
   if not root.is_dir():
     raise FileNotFoundError(f"data.iam_dir={str(iam_dir)!r} is not a folder.")
-  xml_dir = _required_dir(root, "xml", "the form descriptions (a01-000u.xml, ...)")
-  ascii_dir = _required_dir(root, "ascii", "forms.txt, lines.txt and words.txt")
+  xml_dir = required_dir(root, "xml", "the form descriptions (a01-000u.xml, ...)")
+  ascii_dir = required_dir(root, "ascii", "forms.txt, lines.txt and words.txt")
   writers = parse_forms_txt(ascii_dir / "forms.txt")
   lines_txt = parse_lines_txt(ascii_dir / "lines.txt")
   words_txt = parse_words_txt(ascii_dir / "words.txt") if need_words else None
@@ -312,7 +331,7 @@ def parse_forms(iam_dir, *, need_words: bool = False) -> list[Form]:
 
 def aachen_split_ids() -> dict[str, frozenset]:
   """{split: form ids} of the Aachen splits (747 / 116 / 336 forms)."""
-  folder = importlib.resources.files("input_pipeline") / "aachen_splits"
+  folder = importlib.resources.files("input_pipeline.iam") / "aachen_splits"
   splits = {}
   for split in SPLITS:
     text = (folder / f"{split}.uttlist").read_text()
@@ -320,14 +339,16 @@ def aachen_split_ids() -> dict[str, frozenset]:
   return splits
 
 
-def random_split_ids(form_ids, seed: int, fractions=(0.8, 0.1, 0.1)) -> dict[str, frozenset]:
+def random_split_ids(form_ids, seed: int, fractions) -> dict[str, frozenset]:
   """A seeded random split of `form_ids` by the (train, validation, test) fractions."""
   ids = sorted(form_ids)
   order = np.random.default_rng(seed).permutation(len(ids))
   counts = np.floor(np.cumsum(fractions) * len(ids) + 0.5).astype(int)
   bounds = [0, counts[0], counts[1], len(ids)]
-  return {split: frozenset(ids[i] for i in order[bounds[k]:bounds[k + 1]])
-          for k, split in enumerate(SPLITS)}
+  return {
+    split: frozenset(ids[i] for i in order[bounds[k] : bounds[k + 1]])
+    for k, split in enumerate(SPLITS)
+  }
 
 
 def split_ids(options: Options, form_ids) -> dict[str, frozenset]:
@@ -346,13 +367,15 @@ def _form_images(root: pathlib.Path) -> dict[str, pathlib.Path]:
   return {p.stem: p for folder in folders for p in folder.glob("*.png")}
 
 
-def _nested_image(root: pathlib.Path, folder: str, item_id: str) -> str:
+def nested_image(root: pathlib.Path, folder: str, item_id: str) -> str:
+  """Path of a line or word image in the download: root/folder/a01/a01-000u/<item_id>.png."""
   prefix, form = item_id.split("-")[0], "-".join(item_id.split("-")[:2])
   return str(root / folder / prefix / form / f"{item_id}.png")
 
 
-def records(options: Options, level: str, split: str,
-            forms: list[Form] | None = None) -> list[Record]:
+def records(
+  options: Options, level: str, split: str, forms: list[Form] | None = None
+) -> list[Record]:
   """The records of `level` in `split`, in form order.
 
   Lines (and their words) whose segmentation is "err" are dropped when
@@ -370,32 +393,55 @@ def records(options: Options, level: str, split: str,
   if level == "form":
     images = _form_images(root)
   else:
-    _required_dir(root, f"{level}s", f"the {level} images ({level}s/a01/a01-000u/...)")
+    required_dir(root, f"{level}s", f"the {level} images ({level}s/a01/a01-000u/...)")
   result = []
   for form in forms:
     if form.id not in ids:
       continue
     if level == "form":
-      result.append(Record(
-          id=form.id, level=level, form_id=form.id, writer=form.writer, text=form.text,
+      result.append(
+        Record(
+          id=form.id,
+          level=level,
+          form_id=form.id,
+          writer=form.writer,
+          text=form.text,
           ok=all(line.ok for line in form.lines),
           image_path=str(images.get(form.id, root / FORM_FOLDERS[0] / f"{form.id}.png")),
-          form=form))
+          form=form,
+        )
+      )
       continue
     for line in form.lines:
       if options.skip_err and not line.ok:
         continue
       if level == "line":
-        result.append(Record(id=line.id, level=level, form_id=form.id, writer=form.writer,
-                             text=line.text, ok=line.ok,
-                             image_path=_nested_image(root, "lines", line.id)))
+        result.append(
+          Record(
+            id=line.id,
+            level=level,
+            form_id=form.id,
+            writer=form.writer,
+            text=line.text,
+            ok=line.ok,
+            image_path=nested_image(root, "lines", line.id),
+          )
+        )
         continue
       for word in line.words:
         if word.box[2] < 1 or word.box[3] < 1 or (options.skip_err and not word.ok):
           continue
-        result.append(Record(id=word.id, level=level, form_id=form.id, writer=form.writer,
-                             text=word.text, ok=word.ok,
-                             image_path=_nested_image(root, "words", word.id)))
+        result.append(
+          Record(
+            id=word.id,
+            level=level,
+            form_id=form.id,
+            writer=form.writer,
+            text=word.text,
+            ok=word.ok,
+            image_path=nested_image(root, "words", word.id),
+          )
+        )
   return result
 
 
@@ -414,24 +460,24 @@ def check_record_texts(records_, charset: str, max_chars: int, *, skip_unknown: 
         skipped += 1
         continue
       raise ValueError(
-          f"IAM {record.level} {record.id} has characters {unknown} that are not in data.charset "
-          f"(text {record.text!r}); add them to data.charset, or set "
-          "data.skip_unknown_chars=True to leave such records out.")
+        f"IAM {record.level} {record.id} has characters {unknown} that are not in data.charset "
+        f"(text {record.text!r}); add them to data.charset, or set "
+        "data.skip_unknown_chars=True to leave such records out."
+      )
     if len(record.text) > max_chars:
       raise ValueError(
-          f"IAM {record.level} {record.id} has {len(record.text)} characters, more than "
-          f"data.max_len - 2 = {max_chars}; raise data.max_len.")
+        f"IAM {record.level} {record.id} has {len(record.text)} characters, more than "
+        f"data.max_len - 2 = {max_chars}; raise data.max_len."
+      )
     kept.append(record)
   if skipped:
-    logging.warning("Left out %d IAM %ss with characters outside data.charset.", skipped,
-                    records_[0].level)
+    logging.warning(
+      "Left out %d IAM %ss with characters outside data.charset.", skipped, records_[0].level
+    )
   return kept
 
 
 # --- Images --------------------------------------------------------------------
-
-
-BadImageError = image_io.BadImageError
 
 
 def _resize(image: Image.Image, scale: float) -> Image.Image:
@@ -444,15 +490,16 @@ def _resize(image: Image.Image, scale: float) -> Image.Image:
 def load_image(record: Record, scale: float = DEFAULT_SCALE) -> np.ndarray:
   """uint8 [H, W] grey image of `record` (forms cropped), resized by `scale`.
 
-  Raises BadImageError naming the file when it is missing, empty or unreadable.
+  Raises image_io.BadImageError naming the file when it is missing, empty or unreadable.
   """
   path = record.image_path
   image = image_io.open_image(path).convert("L")
   if record.form is not None:
     top, bottom = record.form.crop_rows(image.height)
     if bottom <= top:
-      raise BadImageError(f"{path}: the lines of {record.id} lie outside the image "
-                          f"({image.width}x{image.height}).")
+      raise image_io.BadImageError(
+        f"{path}: the lines of {record.id} lie outside the image ({image.width}x{image.height})."
+      )
     image = image.crop((0, top, image.width, bottom))
   return np.asarray(_resize(image, scale), np.uint8)
 
@@ -467,142 +514,20 @@ class BadImageCounter:
   def load(self, record: Record, scale: float) -> np.ndarray | None:
     try:
       return load_image(record, scale)
-    except BadImageError as e:
+    except image_io.BadImageError as e:
       if self.policy == "error":
-        raise BadImageError(f"{e} Set data.iam_bad_image='skip' to leave such images out.") \
-            from None
+        raise image_io.BadImageError(
+          f"{e} Set data.iam_bad_image='skip' to leave such images out."
+        ) from None
       logging.warning("Skipping IAM %s %s: %s", record.level, record.id, e)
       self.skipped.append(record.id)
       return None
 
   def log_summary(self, what: str):
     if self.skipped:
-      logging.warning("Skipped %d bad images of %s: %s", len(self.skipped), what,
-                      ", ".join(self.skipped[:20]) + (" ..." if len(self.skipped) > 20 else ""))
-
-
-# --- Words for the synthetic composer ------------------------------------------
-
-
-def _line_baseline(line: Line) -> float:
-  """Row of the line's baseline on the form: the median bottom of its words."""
-  bottoms = [w.box[1] + w.box[3] for w in line.words if w.box[2] > 0 and w.box[3] > 0]
-  return float(np.median(bottoms)) if bottoms else line.box[1] + 0.8 * line.box[3]
-
-
-def _word_crop(grey: np.ndarray, above: float, word_height: int, baseline: int,
-               scale: float) -> np.ndarray:
-  """uint8 ink [word_height, w] of a word image with its baseline on row `baseline`.
-
-  `above` is how far the image's top lies above the line's baseline (full
-  resolution). A word that would stick out of the row is shrunk to fit.
-  """
-  height, width = grey.shape
-  above_px, below_px = above * scale, (height - above) * scale
-  fit = min(1.0, baseline / max(above_px, 1e-6),
-            (word_height - baseline) / max(below_px, 1e-6))
-  factor = scale * fit
-  size = (max(1, round(width * factor)), max(1, round(height * factor)))
-  image = Image.fromarray(255 - grey).resize(size, Image.Resampling.BOX)
-  ink = np.asarray(image, np.uint8)
-  top = int(round(baseline - above * factor))
-  crop = np.zeros((word_height, ink.shape[1]), np.uint8)
-  rows = slice(max(0, top), min(word_height, top + ink.shape[0]))
-  crop[rows] = ink[rows.start - top:rows.stop - top]
-  return crop
-
-
-def build_word_bank(options: Options, word_height: int, *, charset: str,
-                    skip_unknown: bool = False, forms: list[Form] | None = None):
-  """A handwriting.WordBank of the training split's words only.
-
-  Each form is one "writer" (a contiguous run of words in reading order), so
-  spans the composer draws read like passages of one hand. Words whose
-  segmentation is "er", or without a box, are left out; so are bad images
-  (logged), whatever data.iam_bad_image says, since the bank is not a target.
-  A word with a character outside `charset` is an error naming it, or left
-  out with `skip_unknown`.
-  """
-  allowed = set(charset)
-  root = pathlib.Path(options.iam_dir).expanduser()
-  if forms is None:
-    forms = parse_forms(root, need_words=True)
-  train_ids = split_ids(options, [f.id for f in forms])["train"]
-  _required_dir(root, "words", "the word images (words/a01/a01-000u/...)")
-  baseline = handwriting.baseline_row(word_height)
-  crops, texts, writers, names, writer_ids, skipped = [], [], [], [], [], []
-  for form in forms:
-    if form.id not in train_ids:
-      continue
-    writer = len(names)
-    for line in form.lines:
-      line_baseline = _line_baseline(line)
-      for word in line.words:
-        if not word.ok or word.box[2] < 1 or word.box[3] < 1 or not word.text:
-          continue
-        if not set(word.text) <= allowed:
-          if skip_unknown:
-            continue
-          raise ValueError(
-              f"IAM word {word.id} {word.text!r} has characters "
-              f"{sorted(set(word.text) - allowed)} that are not in data.charset; add them, or "
-              "set data.skip_unknown_chars=True to leave such words out.")
-        record = Record(id=word.id, level="word", form_id=form.id, writer=form.writer,
-                        text=word.text, ok=True,
-                        image_path=_nested_image(root, "words", word.id))
-        try:
-          grey = load_image(record, scale=1.0)
-        except BadImageError as e:
-          skipped.append(f"{word.id} ({e})")
-          continue
-        crops.append(_word_crop(grey, line_baseline - word.box[1], word_height, baseline,
-                                options.scale))
-        texts.append(word.text)
-        writers.append(writer)
-    if writers and writers[-1] == writer:
-      names.append(form.id)
-      writer_ids.append(form.writer)
-  if skipped:
-    logging.warning("The IAM word bank leaves out %d unreadable word images: %s",
-                    len(skipped), "; ".join(skipped[:10]))
-  if not crops:
-    raise ValueError(f"No readable word of the training split in {root}/words; the synthetic "
-                     "composer needs some (or set data.synthetic_proba=0).")
-  widths = np.array([c.shape[1] for c in crops], np.int32)
-  text_array = np.empty(len(texts), dtype=object)
-  text_array[:] = texts
-  return handwriting.WordBank(
-      strip=np.concatenate(crops, axis=1), offsets=np.concatenate([[0], np.cumsum(widths)[:-1]]
-                                                                  ).astype(np.int32),
-      widths=widths, texts=text_array, writers=np.asarray(writers, np.int32),
-      writer_names=tuple(names), font_names=tuple(writer_ids))
-
-
-def _bank_cache_key(options: Options, word_height: int, charset: str, skip_unknown: bool) -> str:
-  root = pathlib.Path(options.iam_dir).expanduser().resolve()
-  words_txt = root / "ascii" / "words.txt"
-  stat = words_txt.stat() if words_txt.is_file() else None
-  inputs = dict(root=str(root), words_txt=(stat.st_size, stat.st_mtime_ns) if stat else None,
-                word_height=word_height, charset=charset, skip_unknown=skip_unknown,
-                scale=options.scale, split=options.split,
-                split_seed=options.split_seed, split_fractions=list(options.split_fractions),
-                version=1)
-  return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:20]
-
-
-def load_word_bank(options: Options, word_height: int, *, charset: str,
-                   skip_unknown: bool = False, cache_dir=None):
-  """`build_word_bank`, cached as .npz in `cache_dir` (default ~/.cache/fphtr_jax/word_banks)."""
-  cache_dir = pathlib.Path(cache_dir or pathlib.Path.home() / ".cache" / "fphtr_jax" /
-                           "word_banks").expanduser()
-  key = _bank_cache_key(options, word_height, charset, skip_unknown)
-  path = cache_dir / f"iam_word_bank_{key}.npz"
-  if path.exists():
-    logging.info("Loading the IAM word bank from %s.", path)
-    return handwriting._load(path)  # pylint: disable=protected-access
-  start = time.monotonic()
-  bank = build_word_bank(options, word_height, charset=charset, skip_unknown=skip_unknown)
-  handwriting._save(bank, path)  # pylint: disable=protected-access
-  logging.info("Built the IAM word bank (%d training words) in %.1f s; saved to %s.",
-               len(bank), time.monotonic() - start, path)
-  return bank
+      logging.warning(
+        "Skipped %d bad images of %s: %s",
+        len(self.skipped),
+        what,
+        ", ".join(self.skipped[:20]) + (" ..." if len(self.skipped) > 20 else ""),
+      )

@@ -1,4 +1,4 @@
-"""Tests for input_pipeline/handwriting.py: real fonts, real rendering."""
+"""Tests for input_pipeline/wordbank/: real fonts, real rendering."""
 
 import dataclasses
 import pathlib
@@ -10,14 +10,18 @@ import numpy as np
 import pytest
 
 from configs import default
-from input_pipeline import handwriting
+from input_pipeline.wordbank import bank as bank_lib
+from input_pipeline.wordbank import fonts as fonts_lib
+from input_pipeline.wordbank import rendering
+from input_pipeline.wordbank import text as text_lib
+from input_pipeline.wordbank import writers as writers_lib
 
 WORD_HEIGHT = 24
 
 
 def _font_path(stem: str) -> pathlib.Path:
   """An installed default font file, by file stem."""
-  for font in handwriting.list_default_fonts():
+  for font in fonts_lib.list_default_fonts():
     if font.name == stem:
       return pathlib.Path(font.path)
   raise AssertionError(f"font {stem} is not installed")
@@ -43,7 +47,7 @@ def _write_text(tmp_path, text, name="text.txt"):
 @pytest.fixture(scope="module")
 def bank(tmp_path_factory):
   tmp_path = tmp_path_factory.mktemp("bank")
-  return handwriting.load_word_bank(_data_config(tmp_path), "train")
+  return bank_lib.load_word_bank(_data_config(tmp_path), "train")
 
 
 def test_bank_shapes_and_dtypes(bank):
@@ -62,8 +66,7 @@ def test_bank_shapes_and_dtypes(bank):
 def test_words_tile_the_strip(bank):
   assert np.all(bank.widths >= 1)
   assert bank.offsets[0] == 0
-  np.testing.assert_array_equal(bank.offsets[1:],
-                                bank.offsets[:-1] + bank.widths[:-1])
+  np.testing.assert_array_equal(bank.offsets[1:], bank.offsets[:-1] + bank.widths[:-1])
   assert bank.offsets[-1] + bank.widths[-1] == bank.strip.shape[1]
 
 
@@ -78,12 +81,10 @@ def test_texts_use_only_the_charset(bank):
 
 
 def test_writers_are_contiguous_and_long_enough(bank):
-  ids, starts, counts = np.unique(bank.writers, return_index=True,
-                                  return_counts=True)
+  ids, starts, counts = np.unique(bank.writers, return_index=True, return_counts=True)
   np.testing.assert_array_equal(ids, np.arange(len(bank.writer_names)))
   # One contiguous run per writer, in id order.
-  np.testing.assert_array_equal(
-      starts, np.concatenate([[0], np.cumsum(counts)[:-1]]))
+  np.testing.assert_array_equal(starts, np.concatenate([[0], np.cumsum(counts)[:-1]]))
   assert counts.min() >= 40
   for writer, name in enumerate(bank.writer_names):
     assert name.startswith(bank.font_names[writer])
@@ -91,7 +92,7 @@ def test_writers_are_contiguous_and_long_enough(bank):
 
 
 def test_every_word_has_ink_sitting_on_the_baseline(bank):
-  row = handwriting.baseline_row(WORD_HEIGHT)
+  row = rendering.baseline_row(WORD_HEIGHT)
   on_baseline = 0
   for i in range(len(bank.texts)):
     image = bank.word_image(i)
@@ -103,8 +104,8 @@ def test_every_word_has_ink_sitting_on_the_baseline(bank):
 def test_same_config_gives_identical_bytes(tmp_path):
   config = _data_config(tmp_path, bank_size=90, words_per_writer=(30, 45))
   # In-process and with worker processes: the same bytes.
-  first = handwriting.build_word_bank(config, "train", num_workers=1)
-  second = handwriting.build_word_bank(config, "train", num_workers=2)
+  first = bank_lib.build_word_bank(config, "train", num_workers=1)
+  second = bank_lib.build_word_bank(config, "train", num_workers=2)
   for field in ("strip", "offsets", "widths", "writers"):
     assert getattr(first, field).tobytes() == getattr(second, field).tobytes()
   assert first.texts.tolist() == second.texts.tolist()
@@ -114,8 +115,8 @@ def test_same_config_gives_identical_bytes(tmp_path):
 
 def test_second_load_reads_the_cache_file(tmp_path):
   config = _data_config(tmp_path, bank_size=60, words_per_writer=(30, 30))
-  bank = handwriting.load_word_bank(config, "train")
-  path = handwriting.word_bank_path(config, "train")
+  bank = bank_lib.load_word_bank(config, "train")
+  path = bank_lib.word_bank_path(config, "train")
   assert path.parent == tmp_path / "cache" and path.is_file()
   assert not [p for p in path.parent.iterdir() if p != path]  # no temp files
   # Mark the cached file; a second load must return the marked bank.
@@ -123,25 +124,31 @@ def test_second_load_reads_the_cache_file(tmp_path):
     arrays = dict(data)
   arrays["strip"] = np.full_like(arrays["strip"], 7)
   np.savez(path, **arrays)
-  again = handwriting.load_word_bank(config, "train")
+  again = bank_lib.load_word_bank(config, "train")
   assert np.all(again.strip == 7)
   assert again.texts.tolist() == bank.texts.tolist()
   # Anything that changes the bank changes the file.
   config.bank_seed = 1
-  assert handwriting.word_bank_path(config, "train") != path
+  assert bank_lib.word_bank_path(config, "train") != path
 
 
 def test_user_font_folder_and_text_file(tmp_path):
   font_dir = tmp_path / "fonts"
   font_dir.mkdir()
   shutil.copy(_font_path("IndieFlower-Regular"), font_dir)
-  words = ("It was the best of times, it was the worst of times, it was the "
-           "age of wisdom, it was the age of foolishness...").split()
-  text_file = _write_text(tmp_path, " ".join(words[:9]) + "\n"
-                          + " ".join(words[9:]) + "\n")
-  config = _data_config(tmp_path, bank_size=50, words_per_writer=(20, 30),
-                        font_paths=str(font_dir), text_file=str(text_file))
-  bank = handwriting.load_word_bank(config, "train")
+  words = (
+    "It was the best of times, it was the worst of times, it was the "
+    "age of wisdom, it was the age of foolishness..."
+  ).split()
+  text_file = _write_text(tmp_path, " ".join(words[:9]) + "\n" + " ".join(words[9:]) + "\n")
+  config = _data_config(
+    tmp_path,
+    bank_size=50,
+    words_per_writer=(20, 30),
+    font_paths=str(font_dir),
+    text_file=str(text_file),
+  )
+  bank = bank_lib.load_word_bank(config, "train")
   # The text in order, from the start, again when it runs out.
   assert bank.texts.tolist() == [words[i % len(words)] for i in range(50)]
   assert set(bank.font_names) == {"IndieFlower-Regular"}
@@ -150,23 +157,22 @@ def test_user_font_folder_and_text_file(tmp_path):
 
 def test_heldout_fonts_make_the_eval_split(tmp_path):
   config = _data_config(tmp_path, heldout_fonts=("Zeyada", "hershey-scripts"))
-  train = handwriting.load_word_bank(config, "train")
-  evaluation = handwriting.load_word_bank(config, "eval")
+  train = bank_lib.load_word_bank(config, "train")
+  evaluation = bank_lib.load_word_bank(config, "eval")
   assert not {"Zeyada", "hershey-scripts"} & set(train.font_names)
   assert set(evaluation.font_names) == {"Zeyada", "hershey-scripts"}
   assert train.texts.tolist() != evaluation.texts.tolist()
   config.heldout_fonts = ("NoSuchFont",)
   with pytest.raises(ValueError, match="NoSuchFont"):
-    handwriting.load_word_bank(config, "train")
+    bank_lib.load_word_bank(config, "train")
 
 
 def test_shape_distortion_bends_training_words_only(tmp_path):
   heldout = ("Zeyada",)
   plain = _data_config(tmp_path, heldout_fonts=heldout, bank_size=120)
-  bent = _data_config(tmp_path, heldout_fonts=heldout, bank_size=120,
-                      shape_distortion=0.15)
-  train_plain = handwriting.build_word_bank(plain, "train")
-  train_bent = handwriting.build_word_bank(bent, "train")
+  bent = _data_config(tmp_path, heldout_fonts=heldout, bank_size=120, shape_distortion=0.15)
+  train_plain = bank_lib.build_word_bank(plain, "train")
+  train_bent = bank_lib.build_word_bank(bent, "train")
   # The same words by writers of the same fonts, in other shapes.
   assert train_bent.texts.tolist() == train_plain.texts.tolist()
   assert train_bent.font_names == train_plain.font_names
@@ -175,70 +181,68 @@ def test_shape_distortion_bends_training_words_only(tmp_path):
     assert a.shape != b.shape or not np.array_equal(a, b)
     assert b.max() > 0.5 * a.max()
   # The eval split keeps the fonts' shapes: the very same bank and cache file.
-  eval_plain = handwriting.build_word_bank(plain, "eval")
-  eval_bent = handwriting.build_word_bank(bent, "eval")
+  eval_plain = bank_lib.build_word_bank(plain, "eval")
+  eval_bent = bank_lib.build_word_bank(bent, "eval")
   assert eval_bent.strip.tobytes() == eval_plain.strip.tobytes()
-  assert (handwriting.word_bank_path(bent, "eval")
-          == handwriting.word_bank_path(plain, "eval"))
-  assert (handwriting.word_bank_path(bent, "train")
-          != handwriting.word_bank_path(plain, "train"))
+  assert bank_lib.word_bank_path(bent, "eval") == bank_lib.word_bank_path(plain, "eval")
+  assert bank_lib.word_bank_path(bent, "train") != bank_lib.word_bank_path(plain, "train")
   bent.shape_distortion = 0.9
   with pytest.raises(ValueError, match="shape_distortion"):
-    handwriting.build_word_bank(bent, "train")
+    bank_lib.build_word_bank(bent, "train")
 
 
 def test_train_words_per_writer_gives_training_more_writers_only(tmp_path):
   heldout = ("Zeyada",)
   plain = _data_config(tmp_path, heldout_fonts=heldout, bank_size=240)
-  many = _data_config(tmp_path, heldout_fonts=heldout, bank_size=240,
-                      train_words_per_writer=(12, 18))
-  train_plain = handwriting.build_word_bank(plain, "train")
-  train_many = handwriting.build_word_bank(many, "train")
+  many = _data_config(
+    tmp_path, heldout_fonts=heldout, bank_size=240, train_words_per_writer=(12, 18)
+  )
+  train_plain = bank_lib.build_word_bank(plain, "train")
+  train_many = bank_lib.build_word_bank(many, "train")
   counts = np.bincount(train_many.writers)
   assert counts.min() >= 12
   assert len(counts) >= 3 * len(train_plain.writer_names)
   assert len(set(train_many.font_names)) > len(set(train_plain.font_names))
   # The eval split keeps its writers: the very same bank and cache file.
-  eval_plain = handwriting.build_word_bank(plain, "eval")
-  eval_many = handwriting.build_word_bank(many, "eval")
+  eval_plain = bank_lib.build_word_bank(plain, "eval")
+  eval_many = bank_lib.build_word_bank(many, "eval")
   assert eval_many.strip.tobytes() == eval_plain.strip.tobytes()
   assert eval_many.writer_names == eval_plain.writer_names
-  assert (handwriting.word_bank_path(many, "eval")
-          == handwriting.word_bank_path(plain, "eval"))
-  assert (handwriting.word_bank_path(many, "train")
-          != handwriting.word_bank_path(plain, "train"))
+  assert bank_lib.word_bank_path(many, "eval") == bank_lib.word_bank_path(plain, "eval")
+  assert bank_lib.word_bank_path(many, "train") != bank_lib.word_bank_path(plain, "train")
   many.train_words_per_writer = (30, 20)
   with pytest.raises(ValueError, match="words_per_writer"):
-    handwriting.build_word_bank(many, "train")
+    bank_lib.build_word_bank(many, "train")
 
 
 @pytest.mark.parametrize("stem", ["Caveat[wght]", "hershey-scripts"])
 def test_distorted_words_keep_their_ink_and_baseline(stem):
-  font = next(f for f in handwriting.list_default_fonts() if f.name == stem)
-  metrics = handwriting.font_metrics(font, "handwritig")
-  style = handwriting.sample_writer_style(font, metrics, np.random.default_rng(3))
+  font = next(f for f in fonts_lib.list_default_fonts() if f.name == stem)
+  metrics = rendering.font_metrics(font, "handwritig")
+  style = writers_lib.sample_writer_style(font, metrics, np.random.default_rng(3))
   bent = dataclasses.replace(style, distortion=0.15)
-  row = handwriting.baseline_row(40)
+  row = rendering.baseline_row(40)
   for seed in range(4):
-    plain = handwriting.render_word("handwriting", style, 40, np.random.default_rng(seed), metrics)
-    again = handwriting.render_word("handwriting", bent, 40, np.random.default_rng(seed), metrics)
-    assert not np.array_equal(plain[:, :again.shape[1]], again[:, :plain.shape[1]])
+    plain = rendering.render_word("handwriting", style, 40, np.random.default_rng(seed), metrics)
+    again = rendering.render_word("handwriting", bent, 40, np.random.default_rng(seed), metrics)
+    assert not np.array_equal(plain[:, : again.shape[1]], again[:, : plain.shape[1]])
     # About the same ink, about as wide, still on the baseline.
     assert 0.7 < again.sum(dtype=float) / plain.sum(dtype=float) < 1.4
     assert 0.8 < again.shape[1] / plain.shape[1] < 1.25
-    assert again[row - 2:row + 1].max() > 64
+    assert again[row - 2 : row + 1].max() > 64
 
 
 def test_glyph_coverage_of_real_fonts():
   charset = "abcxyzABC.,жЖ"
-  caveat = handwriting.font_metrics(
-      handwriting.FontSource("Caveat[wght]", str(_font_path("Caveat[wght]"))),
-      charset)
-  indie = handwriting.font_metrics(
-      handwriting.FontSource("IndieFlower-Regular",
-                             str(_font_path("IndieFlower-Regular"))), charset)
-  hershey = handwriting.font_metrics(
-      handwriting.FontSource("hershey-scripts", hershey="scripts"), charset)
+  caveat = rendering.font_metrics(
+    fonts_lib.FontSource("Caveat[wght]", str(_font_path("Caveat[wght]"))), charset
+  )
+  indie = rendering.font_metrics(
+    fonts_lib.FontSource("IndieFlower-Regular", str(_font_path("IndieFlower-Regular"))), charset
+  )
+  hershey = rendering.font_metrics(
+    fonts_lib.FontSource("hershey-scripts", hershey="scripts"), charset
+  )
   assert caveat.coverage == set(charset)  # Caveat has Cyrillic
   assert indie.coverage == set("abcxyzABC.,")
   assert hershey.coverage == set("abcxyzABC.,")
@@ -247,46 +251,41 @@ def test_glyph_coverage_of_real_fonts():
 def test_extra_fonts_join_training_and_leave_the_eval_bank(tmp_path):
   # A fontpkg family outside the handwriting category is not a default font,
   # but "fontpkg:NAME" names it, in data.font_paths or data.extra_fonts.
-  defaults = {f.name for f in handwriting.list_default_fonts()}
+  defaults = {f.name for f in fonts_lib.list_default_fonts()}
   assert "Quicksand[wght]" not in defaults
-  assert [f.name for f in handwriting.resolve_fonts("fontpkg:quicksand")] == [
-      "Quicksand[wght]"]
-  fonts = dict(heldout_fonts=("Zeyada",), bank_size=100,
-               words_per_writer=(20, 30),
-               font_paths="fontpkg:indie-flower,fontpkg:zeyada")
+  assert [f.name for f in fonts_lib.resolve_fonts("fontpkg:quicksand")] == ["Quicksand[wght]"]
+  fonts = dict(
+    heldout_fonts=("Zeyada",),
+    bank_size=100,
+    words_per_writer=(20, 30),
+    font_paths="fontpkg:indie-flower,fontpkg:zeyada",
+  )
   plain = _data_config(tmp_path, **fonts)
-  extra = _data_config(tmp_path, **fonts,
-                       extra_fonts="fontpkg:quicksand,fontpkg:zeyada")
-  train = handwriting.load_word_bank(extra, "train")
+  extra = _data_config(tmp_path, **fonts, extra_fonts="fontpkg:quicksand,fontpkg:zeyada")
+  train = bank_lib.load_word_bank(extra, "train")
   # Zeyada is already a font (not added twice), and held out.
   assert set(train.font_names) == {"IndieFlower-Regular", "Quicksand[wght]"}
-  assert set(handwriting.load_word_bank(plain, "train").font_names) == {
-      "IndieFlower-Regular"}
-  plain_eval = handwriting.load_word_bank(plain, "eval")
-  extra_eval = handwriting.load_word_bank(extra, "eval")
+  assert set(bank_lib.load_word_bank(plain, "train").font_names) == {"IndieFlower-Regular"}
+  plain_eval = bank_lib.load_word_bank(plain, "eval")
+  extra_eval = bank_lib.load_word_bank(extra, "eval")
   assert np.array_equal(plain_eval.strip, extra_eval.strip)
   assert plain_eval.texts.tolist() == extra_eval.texts.tolist()
   # ... from the same cache file: the eval bank is rendered once.
-  assert (handwriting.word_bank_path(extra, "eval")
-          == handwriting.word_bank_path(plain, "eval"))
-  assert (handwriting.word_bank_path(extra, "train")
-          != handwriting.word_bank_path(plain, "train"))
+  assert bank_lib.word_bank_path(extra, "eval") == bank_lib.word_bank_path(plain, "eval")
+  assert bank_lib.word_bank_path(extra, "train") != bank_lib.word_bank_path(plain, "train")
   extra.extra_fonts = "fontpkg:no-such-family"
-  with pytest.raises(ValueError,
-                     match="data.extra_fonts.*no-such-family.*not installed"):
-    handwriting.load_word_bank(extra, "train")
+  with pytest.raises(ValueError, match="data.extra_fonts.*no-such-family.*not installed"):
+    bank_lib.load_word_bank(extra, "train")
 
 
 def test_font_entries_split_at_commas_but_not_inside_a_file_name(tmp_path):
   font = tmp_path / "Hand[wdth,wght].ttf"
-  shutil.copy(handwriting.resolve_fonts("fontpkg:fredoka")[0].path, font)
-  fonts = handwriting.resolve_fonts(f"{font}, hershey:cursive,fontpkg:zeyada,")
-  assert [f.name for f in fonts] == [
-      "Hand[wdth,wght]", "hershey-cursive", "Zeyada"]
+  shutil.copy(fonts_lib.resolve_fonts("fontpkg:fredoka")[0].path, font)
+  fonts = fonts_lib.resolve_fonts(f"{font}, hershey:cursive,fontpkg:zeyada,")
+  assert [f.name for f in fonts] == ["Hand[wdth,wght]", "hershey-cursive", "Zeyada"]
   missing = tmp_path / "missing.ttf"
-  with pytest.raises(ValueError,
-                     match=rf"data.font_paths: {missing} does not exist\."):
-    handwriting.resolve_fonts(f"{missing},{font}")
+  with pytest.raises(ValueError, match=rf"data.font_paths: {missing} does not exist\."):
+    fonts_lib.resolve_fonts(f"{missing},{font}")
 
 
 def test_font_lacking_a_character_never_gets_words_with_it(tmp_path):
@@ -294,11 +293,16 @@ def test_font_lacking_a_character_never_gets_words_with_it(tmp_path):
   cyrillic = "".join(sorted({c for c in text if not c.isascii()}))
   text_file = _write_text(tmp_path, text)
   config = _data_config(
-      tmp_path, charset=default.IAM_CHARSET + cyrillic,
-      font_paths=",".join([str(_font_path("Caveat[wght]")),
-                           str(_font_path("IndieFlower-Regular")), "hershey:cursive"]),
-      text_file=str(text_file), bank_size=150, words_per_writer=(25, 35))
-  bank = handwriting.load_word_bank(config, "train")
+    tmp_path,
+    charset=default.IAM_CHARSET + cyrillic,
+    font_paths=",".join(
+      [str(_font_path("Caveat[wght]")), str(_font_path("IndieFlower-Regular")), "hershey:cursive"]
+    ),
+    text_file=str(text_file),
+    bank_size=150,
+    words_per_writer=(25, 35),
+  )
+  bank = bank_lib.load_word_bank(config, "train")
   assert {"IndieFlower-Regular", "hershey-cursive"} <= set(bank.font_names)
   with_zhe = [i for i, t in enumerate(bank.texts) if set(t) & set("жЖ")]
   assert with_zhe
@@ -311,17 +315,13 @@ def test_font_lacking_a_character_never_gets_words_with_it(tmp_path):
 
 
 def test_render_word_refuses_a_missing_glyph():
-  font = handwriting.FontSource("IndieFlower-Regular",
-                                str(_font_path("IndieFlower-Regular")))
-  metrics = handwriting.font_metrics(font, "abcж")
-  style = handwriting.sample_writer_style(font, metrics,
-                                          np.random.default_rng(0))
-  image = handwriting.render_word("cab", style, 32, np.random.default_rng(0),
-                                  metrics)
+  font = fonts_lib.FontSource("IndieFlower-Regular", str(_font_path("IndieFlower-Regular")))
+  metrics = rendering.font_metrics(font, "abcж")
+  style = writers_lib.sample_writer_style(font, metrics, np.random.default_rng(0))
+  image = rendering.render_word("cab", style, 32, np.random.default_rng(0), metrics)
   assert image.shape[0] == 32 and image.dtype == np.uint8 and image.max() > 0
   with pytest.raises(ValueError, match="no glyph"):
-    handwriting.render_word("жab", style, 32, np.random.default_rng(0),
-                            metrics)
+    rendering.render_word("жab", style, 32, np.random.default_rng(0), metrics)
 
 
 def test_empty_font_folder_is_an_error(tmp_path):
@@ -330,42 +330,41 @@ def test_empty_font_folder_is_an_error(tmp_path):
   (empty / "readme.txt").write_text("not a font")
   config = _data_config(tmp_path, font_paths=str(empty))
   with pytest.raises(ValueError, match=str(empty)):
-    handwriting.load_word_bank(config, "train")
+    bank_lib.load_word_bank(config, "train")
 
 
 def test_text_file_without_usable_words_is_an_error(tmp_path):
   text_file = _write_text(tmp_path, "  \n\t\n")
   config = _data_config(tmp_path, text_file=str(text_file))
   with pytest.raises(ValueError, match=f"{text_file}.*no usable words"):
-    handwriting.load_word_bank(config, "train")
+    bank_lib.load_word_bank(config, "train")
 
 
 def test_character_outside_the_charset_is_an_error(tmp_path):
   text_file = _write_text(tmp_path, "a fine day\nfor a café au lait\n")
   config = _data_config(tmp_path, text_file=str(text_file))
-  with pytest.raises(ValueError, match=(
-      f"{text_file}, line 2: the word 'café' has the character 'é'.*"
-      "data.charset")):
-    handwriting.load_word_bank(config, "train")
+  with pytest.raises(
+    ValueError, match=(f"{text_file}, line 2: the word 'café' has the character 'é'.*data.charset")
+  ):
+    bank_lib.load_word_bank(config, "train")
   # Asked to, the loader skips such words instead.
   config.skip_unknown_chars = True
   config.bank_size = 60
   config.words_per_writer = (60, 60)
-  bank = handwriting.load_word_bank(config, "train")
+  bank = bank_lib.load_word_bank(config, "train")
   assert "café" not in bank.texts.tolist()
   assert bank.texts.tolist()[:7] == "a fine day for a au lait".split()
 
 
 def test_sampled_words_are_deterministic_and_in_charset():
-  words = handwriting.sample_words("abcdefghijklmnopqrstuvwxyz.,", 300, seed=3)
-  assert words == handwriting.sample_words("abcdefghijklmnopqrstuvwxyz.,", 300,
-                                           seed=3)
-  assert all(w and set(w) <= set("abcdefghijklmnopqrstuvwxyz.,")
-             for w in words)
+  words = text_lib.sample_words("abcdefghijklmnopqrstuvwxyz.,", 300, seed=3)
+  assert words == text_lib.sample_words("abcdefghijklmnopqrstuvwxyz.,", 300, seed=3)
+  assert all(w and set(w) <= set("abcdefghijklmnopqrstuvwxyz.,") for w in words)
 
 
 def test_module_does_not_import_jax():
-  code = ("import sys; from input_pipeline import handwriting; "
-          "assert not {'jax', 'flax', 'tensorflow'} & set(sys.modules)")
-  subprocess.run([sys.executable, "-c", code], check=True,
-                 cwd=pathlib.Path(__file__).parents[1])
+  code = (
+    "import sys; from input_pipeline.wordbank import bank; "
+    "assert not {'jax', 'flax', 'tensorflow'} & set(sys.modules)"
+  )
+  subprocess.run([sys.executable, "-c", code], check=True, cwd=pathlib.Path(__file__).parents[1])

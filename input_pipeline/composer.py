@@ -26,7 +26,7 @@ PUNCTUATION = frozenset(",.;:!?")
 # The word height the config's pixel ranges are written for.
 REFERENCE_WORD_HEIGHT = 40
 # Height of the middle of the lower-case letters, as a fraction of the word height
-# (the baseline is at handwriting.BASELINE_FRACTION = 0.72).
+# (the baseline is at wordbank.rendering.BASELINE_FRACTION = 0.72).
 GLYPH_CENTRE_FRACTION = 0.6
 # Separators written before a word in the target text, by code.
 _SEPARATORS = ("", " ", "\n")
@@ -36,6 +36,7 @@ _NO_SEPARATOR, _SPACE, _NEWLINE = 0, 1, 2
 @dataclasses.dataclass(frozen=True)
 class Layout:
   """Pixel ranges (inclusive) for one level and canvas, resolved from the config."""
+
   level: str
   canvas_height: int
   canvas_width: int
@@ -54,7 +55,8 @@ def _scaled(value_range, scale: float, field: str) -> tuple[int, int]:
   lo, hi = value_range
   if not 0 <= lo <= hi:
     raise ValueError(
-        f"data.{field}={tuple(value_range)} must be a range (lo, hi) with 0 <= lo <= hi.")
+      f"data.{field}={tuple(value_range)} must be a range (lo, hi) with 0 <= lo <= hi."
+    )
   return int(round(lo * scale)), int(round(hi * scale))
 
 
@@ -74,8 +76,10 @@ def resolve_layout(data_config, word_height: int, level: str | None = None) -> L
     raise ValueError(f"data.level={level!r} is not one of {LEVELS}.")
   height, width = int(data_config.image_height), int(data_config.image_width)
   if height < word_height:
-    raise ValueError(f"data.image_height={height} is smaller than the word height {word_height} "
-                     "(data.word_height); a word would not fit the canvas.")
+    raise ValueError(
+      f"data.image_height={height} is smaller than the word height {word_height} "
+      "(data.word_height); a word would not fit the canvas."
+    )
   max_chars = int(data_config.max_len) - 2  # <SOS> and <EOS>
   if max_chars < 1:
     raise ValueError(f"data.max_len={data_config.max_len} leaves no room for text; use >= 3.")
@@ -99,12 +103,24 @@ def resolve_layout(data_config, word_height: int, level: str | None = None) -> L
     margin_y = (0, 0)
     max_lines = 1
   if not 1 <= num_words[0] <= num_words[1]:
-    raise ValueError(f"Words per example {num_words} must be a range (lo, hi) with 1 <= lo <= hi "
-                     "(data.words_per_form / data.words_per_line).")
-  return Layout(level=level, canvas_height=height, canvas_width=width, word_height=word_height,
-                num_words=num_words, word_gap=word_gap, line_width=line_width, line_gap=line_gap,
-                margin_x=margin_x, margin_y=margin_y, max_chars=max_chars,
-                max_lines=min(max_lines, num_words[1]))
+    raise ValueError(
+      f"Words per example {num_words} must be a range (lo, hi) with 1 <= lo <= hi "
+      "(data.words_per_form / data.words_per_line)."
+    )
+  return Layout(
+    level=level,
+    canvas_height=height,
+    canvas_width=width,
+    word_height=word_height,
+    num_words=num_words,
+    word_gap=word_gap,
+    line_width=line_width,
+    line_gap=line_gap,
+    margin_x=margin_x,
+    margin_y=margin_y,
+    max_chars=max_chars,
+    max_lines=min(max_lines, num_words[1]),
+  )
 
 
 def _randint(seed, lo, hi, shape=()):
@@ -116,7 +132,7 @@ def _randint(seed, lo, hi, shape=()):
 
 
 class SyntheticComposer:
-  """Composes words, lines or pages from a word bank (see handwriting.WordBank).
+  """Composes words, lines or pages from a word bank (see wordbank.bank.WordBank).
 
   `compose(seed)` is pure TF: call it inside `tf.data.Dataset.map`.
   """
@@ -139,22 +155,25 @@ class SyntheticComposer:
     run = np.repeat(np.arange(len(starts)), ends - starts)
 
     # Words an example may start with: they always fit, so no example is empty.
-    room = layout.canvas_width - (2 * layout.margin_x[1] if layout.level == "form"
-                                  else layout.margin_x[1])
+    room = layout.canvas_width - (
+      2 * layout.margin_x[1] if layout.level == "form" else layout.margin_x[1]
+    )
     valid = (widths <= room) & (lengths <= layout.max_chars)
     if layout.level != "word":
       valid &= ~punctuation
     if not valid.any():
       raise ValueError(
-          f"No word of the bank fits a {layout.canvas_height}x{layout.canvas_width} canvas with "
-          f"data.max_len={data_config.max_len} (widest room {room} px); enlarge "
-          "data.image_width or data.max_len, or lower data.word_height.")
+        f"No word of the bank fits a {layout.canvas_height}x{layout.canvas_width} canvas with "
+        f"data.max_len={data_config.max_len} (widest room {room} px); enlarge "
+        "data.image_width or data.max_len, or lower data.word_height."
+      )
     self.start_words = tf.constant(np.flatnonzero(valid).astype(np.int32))
 
     # A blank column at the end of the strip: every miss of the layout reads it.
     self.blank_column = strip.shape[1]
     self.strip_columns = tf.constant(
-        np.concatenate([strip.T, np.zeros((1, word_height), np.uint8)]))
+      np.concatenate([strip.T, np.zeros((1, word_height), np.uint8)])
+    )
     self.offsets = tf.constant(np.asarray(bank.offsets, np.int32))
     self.widths = tf.constant(widths)
     self.lengths = tf.constant(lengths)
@@ -186,8 +205,7 @@ class SyntheticComposer:
     seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=8)
 
     # A contiguous span of one writer's words, wrapping around within the writer.
-    start = tf.gather(self.start_words,
-                      _randint(seeds[0], 0, tf.size(self.start_words) - 1))
+    start = tf.gather(self.start_words, _randint(seeds[0], 0, tf.size(self.start_words) - 1))
     least, most = lay.num_words
     if word_cap is not None:
       most = tf.clip_by_value(tf.cast(word_cap, tf.int32), 1, most)
@@ -212,8 +230,9 @@ class SyntheticComposer:
       top, bottom = _randint(seeds[4], 0, height - word_height), 0
       right = 0
     line_gap = _randint(seeds[5], lay.line_gap[0], lay.line_gap[1])
-    line_width = tf.minimum(_randint(seeds[6], lay.line_width[0], lay.line_width[1]),
-                            width - left - right)
+    line_width = tf.minimum(
+      _randint(seeds[6], lay.line_width[0], lay.line_width[1]), width - left - right
+    )
     # Punctuation may run into the right margin rather than start a line.
     limits = tf.where(is_punctuation, width - left, line_width)
 
@@ -224,12 +243,17 @@ class SyntheticComposer:
       x = tf.where(words_on_line > 0, end + gap, 0)
       new_line = (words_on_line > 0) & (x + word_width > limit)
       x = tf.where(new_line, 0, x)
-      return (line + tf.cast(new_line, tf.int32), x, x + word_width,
-              tf.where(new_line, 1, words_on_line + 1))
+      return (
+        line + tf.cast(new_line, tf.int32),
+        x,
+        x + word_width,
+        tf.where(new_line, 1, words_on_line + 1),
+      )
 
     zero = tf.constant(0, tf.int32)
-    lines, xs, _, _ = tf.scan(place, (word_widths, gaps, limits),
-                              initializer=(zero, zero, zero, zero))
+    lines, xs, _, _ = tf.scan(
+      place, (word_widths, gaps, limits), initializer=(zero, zero, zero, zero)
+    )
 
     # Separators in the text: none first, "\n" on a new line, none before punctuation.
     new_line = tf.concat([[False], lines[1:] != lines[:-1]], axis=0)
@@ -242,16 +266,25 @@ class SyntheticComposer:
       lines_that_fit = (height - top - bottom + line_gap) // pitch
     else:
       lines_that_fit = 1
-    fits = ((position < num_sampled) & (lines < lines_that_fit)
-            & (left + xs + word_widths <= width) & (tf.cumsum(chars) <= lay.max_chars))
+    fits = (
+      (position < num_sampled)
+      & (lines < lines_that_fit)
+      & (left + xs + word_widths <= width)
+      & (tf.cumsum(chars) <= lay.max_chars)
+    )
     # Keep the longest prefix that fits: the text stays exactly the words drawn.
     kept = tf.cast(tf.math.cumprod(tf.cast(fits, tf.int32)), tf.bool)
     num_words = tf.reduce_sum(tf.cast(kept, tf.int32))
     num_lines = tf.gather(lines, num_words - 1) + 1
 
-    text = tf.strings.reduce_join(tf.strings.join([
-        tf.gather(tf.constant(_SEPARATORS), separators[:num_words]),
-        tf.gather(self.texts, ids[:num_words])]))
+    text = tf.strings.reduce_join(
+      tf.strings.join(
+        [
+          tf.gather(tf.constant(_SEPARATORS), separators[:num_words]),
+          tf.gather(self.texts, ids[:num_words]),
+        ]
+      )
+    )
 
     ink = self._render(ids, lines, xs, word_widths, kept, num_words, num_lines, top, left, pitch)
 
@@ -259,14 +292,27 @@ class SyntheticComposer:
     lefts = left + xs
     boxes = tf.stack([tops, lefts, tops + word_height, lefts + word_widths], axis=1)
     boxes = tf.where(kept[:, None], boxes, 0)
-    content_box = tf.stack([
-        top, left, top + (num_lines - 1) * pitch + word_height,
-        tf.reduce_max(tf.where(kept, lefts + word_widths, 0))])
-    glyphs = self._glyph_centres(separators, chars, tf.gather(self.lengths, ids), gaps,
-                                 tops, lefts, word_widths, num_words)
-    return {"ink": ink, "text": text, "boxes": boxes,
-            "word_ids": tf.where(kept, ids, -1), "num_words": num_words,
-            "num_lines": num_lines, "content_box": content_box, "glyph_centres": glyphs}
+    content_box = tf.stack(
+      [
+        top,
+        left,
+        top + (num_lines - 1) * pitch + word_height,
+        tf.reduce_max(tf.where(kept, lefts + word_widths, 0)),
+      ]
+    )
+    glyphs = self._glyph_centres(
+      separators, chars, tf.gather(self.lengths, ids), gaps, tops, lefts, word_widths, num_words
+    )
+    return {
+      "ink": ink,
+      "text": text,
+      "boxes": boxes,
+      "word_ids": tf.where(kept, ids, -1),
+      "num_words": num_words,
+      "num_lines": num_lines,
+      "content_box": content_box,
+      "glyph_centres": glyphs,
+    }
 
   def _glyph_centres(self, separators, chars, lengths, gaps, tops, lefts, widths, num_words):
     """float32 [max_chars + 1, 2]: (y, x) on the canvas of each text character, then <EOS>.
@@ -285,20 +331,23 @@ class SyntheticComposer:
     has_separator = tf.gather(separators, word) != _NO_SEPARATOR
     letter = offset - tf.cast(has_separator, tf.int32)
     length = tf.cast(tf.gather(lengths, word), tf.float32)
-    letter_x = (tf.cast(tf.gather(lefts, word), tf.float32)
-                + (tf.cast(letter, tf.float32) + 0.5) / length
-                * tf.cast(tf.gather(widths, word), tf.float32))
+    letter_x = tf.cast(tf.gather(lefts, word), tf.float32) + (
+      tf.cast(letter, tf.float32) + 0.5
+    ) / length * tf.cast(tf.gather(widths, word), tf.float32)
     # A separator or <EOS> follows word `before`.
     is_eos = position >= tf.gather(ends, num_words - 1)
     before = tf.where(is_eos, num_words - 1, tf.maximum(word - 1, 0))
     is_space = ~is_eos & (tf.gather(separators, word) == _SPACE)
-    after_gap = tf.where(is_space, tf.cast(tf.gather(gaps, word), tf.float32) / 2.0,
-                         word_height / 4.0)
+    after_gap = tf.where(
+      is_space, tf.cast(tf.gather(gaps, word), tf.float32) / 2.0, word_height / 4.0
+    )
     after_x = tf.cast(tf.gather(lefts, before) + tf.gather(widths, before), tf.float32) + after_gap
     after = is_eos | (has_separator & (offset == 0))
     x = tf.where(after, after_x, letter_x)
-    y = (tf.cast(tf.gather(tops, tf.where(after, before, word)), tf.float32)
-         + GLYPH_CENTRE_FRACTION * word_height)
+    y = (
+      tf.cast(tf.gather(tops, tf.where(after, before, word)), tf.float32)
+      + GLYPH_CENTRE_FRACTION * word_height
+    )
     centres = tf.stack([y, x], axis=1)
     in_text = position <= tf.gather(ends, num_words - 1)
     return tf.where(in_text[:, None], centres, 0.0)
@@ -314,12 +363,15 @@ class SyntheticComposer:
     line_index = tf.range(max_lines, dtype=tf.int32)[:, None]
     x = tf.range(width, dtype=tf.int32)[None, :] - left
     queries = tf.reshape(line_index * stride + x, [1, -1])
-    word = tf.reshape(tf.searchsorted(keys[None, :], queries, side="right"),
-                      [max_lines, width]) - 1
+    word = tf.reshape(tf.searchsorted(keys[None, :], queries, side="right"), [max_lines, width]) - 1
     word_clipped = tf.maximum(word, 0)
     word_x = tf.gather(xs, word_clipped)
-    inside = ((word >= 0) & (word < num_words) & (tf.gather(lines, word_clipped) == line_index)
-              & (x - word_x < tf.gather(word_widths, word_clipped)))
+    inside = (
+      (word >= 0)
+      & (word < num_words)
+      & (tf.gather(lines, word_clipped) == line_index)
+      & (x - word_x < tf.gather(word_widths, word_clipped))
+    )
     column = tf.gather(self.offsets, tf.gather(ids, word_clipped)) + x - word_x
     column = tf.where(inside, column, self.blank_column)
     line_images = tf.gather(self.strip_columns, column)  # [max_lines, W, word_height]
@@ -332,9 +384,3 @@ class SyntheticComposer:
     on_line = (y >= 0) & (row_in_line < word_height) & (row_line < num_lines)
     source_row = tf.where(on_line, row_line * word_height + row_in_line, max_lines * word_height)
     return tf.gather(rows, source_row)
-
-
-def ink_to_grey(ink) -> tf.Tensor:
-  """uint8 ink (0 = paper) -> float32 grey levels in [0, 1], paper = 1."""
-  return 1.0 - tf.cast(ink, tf.float32) / 255.0
-

@@ -1,0 +1,182 @@
+"""Every check of a config, run before anything is built or written.
+
+`validate_config` fails early, naming the field, on values that would fail
+hours later. The defaults of every field are in configs/default.py (each
+config file starts from it, and a saved config.json is read on top of it),
+so the checks read fields directly. `check_against_checkpoint` compares a
+config with the one a workdir's checkpoints were trained with.
+"""
+
+import ml_collections
+
+from fphtr_jax import sharding
+from fphtr_jax.models import resnet
+
+SECTIONS = ("model", "data", "train", "eval", "checkpoint", "mesh", "decode")
+SOURCES = ("embedded", "iam")
+
+# Fields that fix the shapes of the train state: a checkpoint trained with other
+# values cannot be resumed.
+STATE_SHAPE_FIELDS = (
+  "model.encoder",
+  "model.encoder_width",
+  "model.d_model",
+  "model.num_layers",
+  "model.num_heads",
+  "model.mlp_dim",
+  "model.pre_norm",
+  "data.max_len",
+  "train.optimizer",
+  "train.grad_clip_norm",
+)
+
+
+def require(ok: bool, field: str, value, expected: str):
+  """Raises ValueError naming `field` and what would be right, unless `ok`."""
+  if not ok:
+    raise ValueError(f"config.{field}={value!r} is invalid: expected {expected}.")
+
+
+def validate_config(config: ml_collections.ConfigDict):
+  """Fails early, naming the field, on values that would fail hours later."""
+  for section in SECTIONS:
+    require(section in config, section, None, "a config section")
+  t, e, c, d, m = config.train, config.eval, config.checkpoint, config.data, config.model
+  require(t.num_steps > 0, "train.num_steps", t.num_steps, "a positive integer")
+  require(t.batch_size > 0, "train.batch_size", t.batch_size, "a positive integer")
+  require(
+    t.grad_accum_steps >= 1 and t.batch_size % t.grad_accum_steps == 0,
+    "train.grad_accum_steps",
+    t.grad_accum_steps,
+    f"a divisor of train.batch_size={t.batch_size}",
+  )
+  require(t.learning_rate > 0, "train.learning_rate", t.learning_rate, "a positive float")
+  require(t.optimizer in ("adam", "adamw"), "train.optimizer", t.optimizer, "'adam' or 'adamw'")
+  require(
+    t.schedule in ("constant", "cosine"), "train.schedule", t.schedule, "'constant' or 'cosine'"
+  )
+  require(t.warmup_steps >= 0, "train.warmup_steps", t.warmup_steps, "0 or more")
+  require(t.grad_clip_norm >= 0, "train.grad_clip_norm", t.grad_clip_norm, "0 (off) or more")
+  require(0 <= t.label_smoothing < 1, "train.label_smoothing", t.label_smoothing, "in [0, 1)")
+  require(
+    t.attention_loss_weight >= 0,
+    "train.attention_loss_weight",
+    t.attention_loss_weight,
+    "0 (off) or more",
+  )
+  require(
+    t.attention_sigma > 0,
+    "train.attention_sigma",
+    t.attention_sigma,
+    "a positive number of feature cells",
+  )
+  if t.attention_loss_weight:
+    require(
+      d.source == "embedded",
+      "train.attention_loss_weight",
+      t.attention_loss_weight,
+      "0 with data.source='iam' (only synthetic pages know where each character is)",
+    )
+  require(t.max_skipped_steps >= 0, "train.max_skipped_steps", t.max_skipped_steps, "0 or more")
+  require(t.log_every_steps > 0, "train.log_every_steps", t.log_every_steps, "a positive integer")
+  require(e.every_steps > 0, "eval.every_steps", e.every_steps, "a positive integer")
+  require(e.batch_size > 0, "eval.batch_size", e.batch_size, "a positive integer")
+  require(e.num_examples > 0, "eval.num_examples", e.num_examples, "a positive integer")
+  require(c.every_steps > 0, "checkpoint.every_steps", c.every_steps, "a positive integer")
+  require(c.max_to_keep > 0, "checkpoint.max_to_keep", c.max_to_keep, "a positive integer")
+  require(
+    tuple(m.encoder_last_stride) in ((2, 2), (2, 1), (1, 2), (1, 1)),
+    "model.encoder_last_stride",
+    m.encoder_last_stride,
+    "(2, 2), (2, 1), (1, 2) or (1, 1)",
+  )
+  for field, stride in zip(
+    ("image_height", "image_width"), resnet.encoder_stride(m.encoder_last_stride)
+  ):
+    require(
+      d[field] >= stride,
+      f"data.{field}",
+      d[field],
+      f"at least {stride} pixels (the encoder's stride)",
+    )
+  require(d.curriculum_steps >= 0, "data.curriculum_steps", d.curriculum_steps, "0 or more")
+  require(
+    0 <= d.single_line_pages <= 1,
+    "data.single_line_pages",
+    d.single_line_pages,
+    "a share in [0, 1]",
+  )
+  require(
+    d.max_image_pixels > 0,
+    "data.max_image_pixels",
+    d.max_image_pixels,
+    "a positive number of pixels",
+  )
+  require(d.max_len >= 3, "data.max_len", d.max_len, "at least 3 (<SOS>, a character, <EOS>)")
+  require(d.source in SOURCES, "data.source", d.source, " or ".join(map(repr, SOURCES)))
+  require(0 <= d.synthetic_proba <= 1, "data.synthetic_proba", d.synthetic_proba, "in [0, 1]")
+  if d.source == "iam":
+    require(
+      bool(d.iam_dir),
+      "data.iam_dir",
+      d.iam_dir,
+      "the folder of your IAM download, e.g. --config.data.iam_dir=~/data/iam "
+      "(configs/iam_*.py are the IAM recipes)",
+    )
+    require(d.level in ("word", "line", "form"), "data.level", d.level, "'word', 'line' or 'form'")
+    require(0 < d.iam_scale <= 1, "data.iam_scale", d.iam_scale, "in (0, 1]")
+    require(
+      d.iam_split in ("aachen", "random"), "data.iam_split", d.iam_split, "'aachen' or 'random'"
+    )
+    require(
+      d.iam_bad_image in ("skip", "error"),
+      "data.iam_bad_image",
+      d.iam_bad_image,
+      "'skip' or 'error'",
+    )
+  require(
+    config.mesh.preset in sharding.MESH_PRESETS,
+    "mesh.preset",
+    config.mesh.preset,
+    " or ".join(map(repr, sharding.MESH_PRESETS)),
+  )
+  dec = config.decode
+  require(dec.beam_size >= 1, "decode.beam_size", dec.beam_size, "1 (greedy) or more")
+  require(dec.length_penalty >= 0, "decode.length_penalty", dec.length_penalty, "0 or more")
+  require(
+    dec.max_len == 0 or 2 <= dec.max_len <= d.max_len,
+    "decode.max_len",
+    dec.max_len,
+    f"0 (= data.max_len) or 2 to data.max_len={d.max_len}",
+  )
+
+
+def check_mesh(config: ml_collections.ConfigDict, mesh):
+  """The global batches divide over the mesh's data-parallel devices."""
+  t = config.train
+  sharding.check_batch_size(t.batch_size, mesh, "train.batch_size")
+  sharding.check_batch_size(config.eval.batch_size, mesh, "eval.batch_size")
+  sharding.check_batch_size(
+    t.batch_size // t.grad_accum_steps, mesh, "train.batch_size / train.grad_accum_steps"
+  )
+
+
+def check_against_checkpoint(config: ml_collections.ConfigDict, saved: dict | None, workdir: str):
+  """Raises ValueError naming every STATE_SHAPE_FIELDS field that differs from `saved`.
+
+  `saved`: the config (a dict) the workdir's checkpoints were trained with,
+  or None when there is no checkpoint yet.
+  """
+  if saved is None:
+    return
+  differ = []
+  for field in STATE_SHAPE_FIELDS:
+    section, name = field.split(".")
+    old, new = saved.get(section, {}).get(name), config[section].get(name)
+    if old != new:
+      differ.append(f"{field}={new!r} (checkpoint: {old!r})")
+  if differ:
+    raise ValueError(
+      f"The checkpoints in {workdir} were trained with another model: "
+      f"{', '.join(differ)}. Use another --workdir, or the checkpoint's values."
+    )

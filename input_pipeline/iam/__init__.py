@@ -1,0 +1,1 @@
+"""The IAM Handwriting Database: its files, its word bank and its TFDS builder."""

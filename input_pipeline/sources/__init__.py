@@ -1,0 +1,1 @@
+"""The sources of examples, by data.source: synthetic pages and IAM."""
