@@ -15,6 +15,8 @@ from absl import app, flags
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from fphtr_jax import cli
+
 flags.DEFINE_string("workdir", None, "Workdir of a training run.")
 flags.DEFINE_string("output", None, "PNG to write; default <workdir>/curves.png.")
 FLAGS = flags.FLAGS
@@ -37,7 +39,9 @@ def read_scalars(workdir: str) -> dict[str, list[tuple[int, float, float]]]:
 
   paths = sorted(glob.glob(os.path.join(workdir, "events.out.tfevents.*")))
   if not paths:
-    raise FileNotFoundError(f"No TensorBoard event files in {workdir!r}.")
+    raise FileNotFoundError(
+      f"No TensorBoard event files in {workdir}: the training run logs them there."
+    )
   records = {}
   for path in paths:
     for event in tf.compat.v1.train.summary_iterator(path):
@@ -141,12 +145,30 @@ def write_csv(scalars, path: str):
 
 
 def main(argv):
-  del argv
-  if not FLAGS.workdir:
-    raise app.UsageError("--workdir is required.")
-  output = FLAGS.output or os.path.join(FLAGS.workdir, "curves.png")
-  scalars = read_scalars(FLAGS.workdir)
-  draw_curves(scalars).save(output)
+  if len(argv) > 1:
+    cli.fail(f"unexpected arguments {argv[1:]}: curves takes only flags.")
+  workdir = FLAGS.workdir
+  if not workdir:
+    cli.fail("--workdir is required: the workdir of a training run.")
+  if not os.path.exists(workdir):
+    cli.fail(f"--workdir={workdir}: no such folder; give the workdir of a training run.")
+  if not os.path.isdir(workdir):
+    cli.fail(f"--workdir={workdir} is a file, not a folder; give the workdir of a training run.")
+  output = FLAGS.output or os.path.join(workdir, "curves.png")
+  if os.path.isdir(output):
+    cli.fail(f"--output={output} is a folder; give a file name, e.g. curves.png.")
+  folder = os.path.dirname(output)
+  try:
+    if folder:
+      cli.check_writable_dir(folder, hint=f", so --output={output} cannot be written")
+    scalars = read_scalars(workdir)
+  except cli.CommandLineError as error:
+    cli.fail(str(error))
+  except FileNotFoundError as error:
+    cli.fail(str(error), status=1)
+  if folder:
+    os.makedirs(folder, exist_ok=True)
+  draw_curves(scalars).save(output, format="PNG")
   write_csv(scalars, os.path.splitext(output)[0] + ".csv")
   print(f"Wrote {output} and {os.path.splitext(output)[0] + '.csv'}.")
 

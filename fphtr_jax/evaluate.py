@@ -24,7 +24,7 @@ from absl import app, flags, logging
 from clu import metric_writers
 import jax
 
-from fphtr_jax import evaluation, inference, visualize
+from fphtr_jax import cli, evaluation, inference, visualize
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("split", "validation", ["validation", "test"], "Split to score.")
@@ -88,12 +88,31 @@ def write_results(output_dir: str, summary: dict, predictions: list[dict], pages
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  run = inference.restore_run(FLAGS.workdir, FLAGS.config, FLAGS.checkpoint)
+    cli.fail(f"unexpected arguments {argv[1:]}: evaluate takes only flags.")
+  is_main = jax.process_index() == 0
+  try:
+    # The synthetic source renders its pages from the word bank (data.text_file).
+    cli.check_config(FLAGS.config, word_bank=FLAGS.config.data.source == "embedded")
+    cli.check_checkpoint(FLAGS.workdir, FLAGS.checkpoint)
+    # Before hours of decoding: the folder the results go to. The default one
+    # in the workdir is made only when the results are written.
+    if is_main and FLAGS.output_dir:
+      cli.make_writable_dir(FLAGS.output_dir, "output_dir")
+    elif is_main:
+      cli.check_writable_dir(
+        os.path.join(FLAGS.workdir, "evaluations"),
+        hint="; pass --output_dir=DIR to write the results elsewhere",
+      )
+  except cli.CommandLineError as error:
+    cli.fail(str(error))
+  try:
+    run = inference.restore_run(FLAGS.workdir, FLAGS.config, FLAGS.checkpoint)
+  except (ValueError, OSError) as error:  # no such step, a damaged checkpoint, another shape
+    cli.fail(str(error), status=1)
   summary, predictions, pages = evaluate_split(
     run, FLAGS.split, num_images=int(run.config.eval.num_images)
   )
-  if jax.process_index() == 0:
+  if is_main:
     output_dir = FLAGS.output_dir or default_output_dir(FLAGS.workdir, run, FLAGS.split)
     write_results(output_dir, summary, predictions, pages)
     logging.info("Wrote %d predictions to %s.", len(predictions), output_dir)
@@ -102,4 +121,4 @@ def main(argv):
 
 if __name__ == "__main__":
   jax.config.config_with_absl()
-  app.run(main, flags_parser=inference.parse_flags_with_saved_config)
+  app.run(main, flags_parser=cli.parse_flags_with_run_config)

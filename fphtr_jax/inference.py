@@ -4,14 +4,13 @@ Shared by `evaluate` and `predict`. A run's workdir holds the resolved config
 (config.json, also inside every checkpoint), the vocabulary and the Orbax
 checkpoints; `restore_run` rebuilds the model from them. The command lines of
 both tools take `--config.section.field=value` overrides of that saved config
-(`--config.decode.beam_size=4`), parsed by `parse_flags_with_saved_config`.
+(`--config.decode.beam_size=4`), parsed by `cli.parse_flags_with_run_config`.
 """
 
 import contextlib
 import dataclasses
 import json
 import os
-import sys
 from typing import Any, Callable
 
 from absl import flags, logging
@@ -19,7 +18,6 @@ import flax
 import flax.linen as nn
 import jax
 import ml_collections
-from ml_collections import config_flags
 import orbax.checkpoint as ocp
 
 from configs import default as default_config
@@ -31,7 +29,7 @@ CONFIG_FILENAME = "config.json"
 
 
 # Flags of both command lines; --config is defined once the workdir is known
-# (parse_flags_with_saved_config).
+# (cli.parse_flags_with_run_config).
 flags.DEFINE_string("workdir", None, "Workdir of a training run (config, checkpoints).")
 flags.DEFINE_string(
   "checkpoint",
@@ -64,66 +62,75 @@ def _merge(config: ml_collections.ConfigDict, saved: dict):
         config[key] = _to_config_dict(value)
 
 
+class ConfigFileError(ValueError):
+  """A run's config.json that cannot be used; the message names the file."""
+
+
+# Sections every saved config has (others, like `decode`, came later).
+REQUIRED_SECTIONS = ("model", "data", "train")
+
+
+def read_config_file(path: str) -> dict:
+  """The saved config in `path` (a run's config.json), as a dict.
+
+  Raises:
+    ConfigFileError: the file cannot be read, is not JSON, or lacks sections.
+  """
+  fix = "delete it to read the config saved in the newest checkpoint instead"
+  try:
+    with open(path, encoding="utf-8") as f:
+      saved = json.load(f)
+  except json.JSONDecodeError as error:
+    raise ConfigFileError(
+      f"{path} is not valid JSON ({error.msg} at line {error.lineno}, column {error.colno}): {fix}."
+    ) from None
+  except (OSError, ValueError) as error:
+    raise ConfigFileError(
+      f"{path} cannot be read ({checkpointing.describe_error(error)}): {fix}."
+    ) from None
+  if not isinstance(saved, dict):
+    raise ConfigFileError(
+      f"{path} holds a JSON {type(saved).__name__}, not a run's config (an object with "
+      f"sections {', '.join(REQUIRED_SECTIONS)}): {fix}."
+    )
+  missing = [s for s in REQUIRED_SECTIONS if not isinstance(saved.get(s), dict)]
+  if missing:
+    raise ConfigFileError(
+      f"{path} is not a run's config: it has no {', '.join(missing)} "
+      f"section{'s' if len(missing) > 1 else ''}: {fix}."
+    )
+  return saved
+
+
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   """The resolved config of the run in `workdir` (its config.json, else its latest checkpoint).
 
   Fields that the run's config lacks (added to the project after it was
   trained, like `decode`) take the values of configs/default.py.
+
+  Raises:
+    ConfigFileError: config.json is unreadable, not JSON, or not a config.
+    FileNotFoundError: there is neither config.json nor a checkpoint.
+    checkpointing.DamagedCheckpointError: no config.json, and no checkpoint
+      whose config can be read.
   """
   path = os.path.join(workdir, CONFIG_FILENAME)
   if os.path.exists(path):
-    with open(path, encoding="utf-8") as f:
-      saved = json.load(f)
+    saved = read_config_file(path)
   else:
-    manager = ocp.CheckpointManager(
-      os.path.join(os.path.abspath(workdir), checkpointing.CHECKPOINT_DIR)
-    )
-    step = manager.latest_step()
-    if step is None:
+    checkpointer = checkpointing.Checkpointer(workdir, read_only=True)
+    try:
+      saved = checkpointer.restore_config()
+    finally:
+      checkpointer.close()
+    if saved is None:
       raise FileNotFoundError(
         f"{workdir} has no {CONFIG_FILENAME} and no checkpoint: is it the "
         "--workdir of a training run?"
       )
-    saved = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
-    manager.close()
   config = default_config.get_config()
   _merge(config, saved)
   return config
-
-
-def _flag_value(argv: list[str], name: str) -> str | None:
-  for index, arg in enumerate(argv):
-    if arg.startswith(f"--{name}="):
-      return arg.split("=", 1)[1]
-    if arg == f"--{name}" and index + 1 < len(argv):
-      return argv[index + 1]
-  return None
-
-
-def parse_flags_with_saved_config(argv: list[str]) -> list[str]:
-  """absl flags parser: defines --config from the workdir's saved config, then parses.
-
-  So `--config.decode.beam_size=4` overrides a field of the run's own config,
-  checked against that field's type. Pass to `app.run(main, flags_parser=...)`.
-  """
-  workdir = _flag_value(argv, "workdir")
-  asks_help = any(arg in ("--help", "-h", "--helpfull") for arg in argv)
-  if workdir is None and not asks_help:
-    sys.stderr.write(
-      "FATAL Flags parsing error: --workdir (the training run's workdir) is "
-      "required.\nPass --helpfull to see the flags.\n"
-    )
-    sys.exit(1)
-  # Without a workdir an empty config is enough to print the help.
-  config = ml_collections.ConfigDict() if workdir is None else load_config(workdir)
-  config_flags.DEFINE_config_dict(
-    "config", config, "The run's saved config; override fields with --config.section.field=value."
-  )
-  try:
-    return FLAGS(argv)
-  except flags.Error as e:
-    sys.stderr.write(f"FATAL Flags parsing error: {e}\nPass --helpfull to see the flags.\n")
-    sys.exit(1)
 
 
 @flax.struct.dataclass
@@ -169,34 +176,91 @@ def parse_checkpoint(checkpoint: str) -> tuple[str, int | None]:
   )
 
 
+CHECKPOINT_ADVICE = "pick another with --checkpoint=latest (the newest intact one), best or a step"
+
+
+def _run_config(workdir: str, checkpointer: checkpointing.Checkpointer) -> dict | None:
+  """The config the run was trained with: config.json, else its newest intact checkpoint's."""
+  path = os.path.join(workdir, CONFIG_FILENAME)
+  if os.path.exists(path):
+    with contextlib.suppress(ConfigFileError):
+      return read_config_file(path)
+  with contextlib.suppress(checkpointing.DamagedCheckpointError):
+    return checkpointer.restore_config()
+  return None
+
+
 def restore_run(workdir: str, config: ml_collections.ConfigDict, checkpoint: str = "latest") -> Run:
   """Rebuilds the model of `config` and restores a checkpoint of `workdir` into it.
 
+  Only reads the workdir. With "latest" or "best", a damaged newest checkpoint
+  is skipped with a warning and the newest intact one restored.
+
   Args:
     workdir: the training run's workdir.
-    config: its config (`load_config`), possibly with overrides.
+    config: its config (`load_config`), possibly with overrides; those of the
+      fields that fix the model's shapes must match the checkpoint's.
     checkpoint: "latest", "best" or a step number, as a string.
 
   Returns:
     The Run, its state placed on the mesh of config.mesh.
+
+  Raises:
+    ValueError: `checkpoint` is invalid, or `config` has another model shape.
+    FileNotFoundError: no such checkpoint.
+    checkpointing.DamagedCheckpointError: the step asked for, or every
+      checkpoint, cannot be read.
   """
   config_validation.validate_config(config)
   which, step = parse_checkpoint(checkpoint)
   mesh = sharding.create_mesh(config.mesh)
   sharding.check_batch_size(config.eval.batch_size, mesh, "eval.batch_size")
-  checkpointer = checkpointing.Checkpointer(workdir, config.checkpoint)
-  manager = checkpointer.best if which == "best" else checkpointer.latest
-  steps = manager.all_steps()
-  if step is None and not steps:
-    raise FileNotFoundError(f"No {which} checkpoint in {manager.directory}.")
-  if step is not None and step not in steps:
-    raise FileNotFoundError(
-      f"No checkpoint of step {step} in {manager.directory}; it has steps {sorted(steps)}."
+  checkpointer = checkpointing.Checkpointer(workdir, read_only=True)
+  try:
+    manager = checkpointer.best if which == "best" else checkpointer.latest
+    found = checkpointing.read_first_intact(
+      manager,
+      lambda step: _restore_step(workdir, checkpointer, which, step, config, mesh),
+      step,
+      checkpointer.damaged,
+      CHECKPOINT_ADVICE,
     )
+    if found is None:
+      raise FileNotFoundError(f"No {which} checkpoint in {manager.directory}.")
+  finally:
+    checkpointer.close()
+  step, (model, restored, tokenizer) = found
+  logging.info("Restored the %s checkpoint of step %d from %s.", which, step, workdir)
+  state = InferenceState(
+    apply_fn=model.apply, params=restored["params"], batch_stats=restored.get("batch_stats", {})
+  )
+  return Run(
+    config=config, model=model, state=state, tokenizer=tokenizer, step=step, which=which, mesh=mesh
+  )
+
+
+def _restore_step(workdir: str, checkpointer, which: str, step: int, config, mesh):
+  """(model, {"params", "batch_stats"}, tokenizer) of checkpoint `step`; raises if damaged.
+
+  Raises checkpointing.UnusableCheckpointError when `config` changes a shape of the model.
+  """
+  if which == "latest":
+    manager = checkpointer.latest
+    # Vocabulary and config; the array files are checked too.
+    tokenizer, saved = checkpointer.read_json(step)
+  else:
+    manager = checkpointer.best
+    # The best checkpoints carry no config: the run's is the same.
+    saved = _run_config(workdir, checkpointer)
+    checkpointing.check_array_files(os.path.join(str(manager.directory), str(step), "state"))
+    vocab = checkpointing.read_json_item(manager, step, "vocab")
+    tokenizer = tokenizer_lib.Tokenizer.from_json(vocab)
+  # An override that changes a shape is refused before anything is restored.
+  try:
+    config_validation.check_against_checkpoint(config, saved, workdir)
+  except ValueError as error:
+    raise checkpointing.UnusableCheckpointError(str(error)) from None
   # The model's size depends on the vocabulary: read it before building the model.
-  step = max(steps) if step is None else step
-  vocab = manager.restore(step, args=ocp.args.Composite(vocab=ocp.args.JsonRestore()))
-  tokenizer = tokenizer_lib.Tokenizer.from_json(vocab["vocab"])
   model = train.create_model(config, tokenizer)
   # Shapes and shardings only, then the parameters and BatchNorm statistics
   # straight into place; the optimizer state stays on disk.
@@ -222,11 +286,4 @@ def restore_run(workdir: str, config: ml_collections.ConfigDict, checkpoint: str
       )
     ),
   )["state"]
-  checkpointer.close()
-  logging.info("Restored the %s checkpoint of step %d from %s.", which, step, workdir)
-  state = InferenceState(
-    apply_fn=model.apply, params=restored["params"], batch_stats=restored.get("batch_stats", {})
-  )
-  return Run(
-    config=config, model=model, state=state, tokenizer=tokenizer, step=step, which=which, mesh=mesh
-  )
+  return model, restored, tokenizer

@@ -20,14 +20,16 @@ logs and TensorBoard summaries, and all processes write the Orbax checkpoints
 together. See launch/ for ready-made launchers.
 """
 
-import logging as std_logging
+import json
+import os
+import re
 
 from absl import app, flags, logging
 from clu import platform
 import jax
 from ml_collections import config_flags
 
-from fphtr_jax import distributed, train
+from fphtr_jax import checkpointing, cli, config_validation, distributed, train, workdir
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and the resolved config.")
@@ -49,27 +51,56 @@ flags.DEFINE_integer("process_id", None, "This process's index, 0 .. num_process
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-class QuietLibraries(std_logging.Filter):
-  """Keeps the console readable: Orbax logs dozens of INFO lines per checkpoint.
+# Checked as the flags are parsed: a mistake is one line before anything starts.
+flags.register_validator("workdir", lambda v: v is None or bool(v), message="expected a folder")
+flags.register_validator(
+  "coordinator_address",
+  lambda v: v is None or re.fullmatch(r".+:[0-9]+", v) is not None,
+  message="expected HOST:PORT, e.g. 10.0.0.1:1234",
+)
+flags.register_validator(
+  "num_processes", lambda v: v is None or v >= 1, message="expected 1 or more"
+)
+flags.register_validator("process_id", lambda v: v is None or v >= 0, message="expected 0 or more")
+flags.register_multi_flags_validator(
+  ["process_id", "num_processes"],
+  lambda f: None in (f["process_id"], f["num_processes"]) or f["process_id"] < f["num_processes"],
+  message="--process_id must be below --num_processes (0 .. N - 1)",
+)
 
-  Its warnings and errors still show; --verbosity=1 shows everything.
-  """
 
-  def filter(self, record):
-    return (
-      record.levelno >= std_logging.WARNING
-      or logging.get_verbosity() > 0
-      or "/orbax/" not in record.pathname
-    )
+def check_resume(config, workdir: str):
+  """A workdir with checkpoints resumes: `config` must keep the model they were trained with."""
+  checkpoints = os.path.join(workdir, checkpointing.CHECKPOINT_DIR)
+  if not os.path.isdir(checkpoints) or not any(n.isdigit() for n in os.listdir(checkpoints)):
+    return
+  try:
+    with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
+      saved = json.load(f)
+  except (OSError, ValueError):
+    return  # the trainer reads the config saved in the checkpoints, and says what is wrong
+  if isinstance(saved, dict):
+    try:
+      config_validation.check_against_checkpoint(config, saved, workdir)
+    except ValueError as error:
+      raise cli.CommandLineError(str(error)) from None
 
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  logging.get_absl_handler().addFilter(QuietLibraries())
-  distributed.initialize_distributed(
-    FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
-  )
+    cli.fail(f"unexpected arguments {argv[1:]}: the trainer takes only flags.")
+  try:
+    cli.check_config(FLAGS.config)
+    cli.check_writable_dir(FLAGS.workdir, "workdir")  # made by the trainer, once it starts
+    check_resume(FLAGS.config, FLAGS.workdir)
+  except cli.CommandLineError as error:
+    cli.fail(str(error))
+  try:
+    distributed.initialize_distributed(
+      FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
+    )
+  except app.UsageError as error:
+    cli.fail(str(error))
   logging.info(
     "JAX process %d / %d, local devices: %s",
     jax.process_index(),
@@ -80,9 +111,12 @@ def main(argv):
     f"process_index: {jax.process_index()}, process_count: {jax.process_count()}"
   )
   platform.work_unit().create_artifact(platform.ArtifactType.DIRECTORY, FLAGS.workdir, "workdir")
-  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  try:
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except workdir.WorkdirInUseError as error:  # another run owns it: nothing to show but that
+    cli.fail(str(error), status=1)
 
 
 if __name__ == "__main__":
   jax.config.config_with_absl()
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags_with_config_file)

@@ -25,6 +25,7 @@ JSON) and the others go on; the exit status is then 1.
 
 import dataclasses
 import json
+import math
 import os
 import sys
 
@@ -33,7 +34,7 @@ import jax
 import numpy as np
 from PIL import Image, ImageOps
 
-from fphtr_jax import confidence, inference, pixels, sharding, transcribe, visualize
+from fphtr_jax import cli, confidence, inference, pixels, sharding, transcribe, visualize
 from fphtr_jax.models import resnet
 from input_pipeline import common, image_io
 
@@ -41,6 +42,14 @@ FLAGS = flags.FLAGS
 flags.DEFINE_enum("format", "text", ["text", "json"], "Output format on stdout.")
 flags.DEFINE_string("attention_dir", None, "Folder for cross-attention pictures, one per image.")
 flags.DEFINE_float("scale", 1.0, "Scale applied to every image before it is fitted to the canvas.")
+flags.register_validator(
+  "scale",
+  lambda scale: 0 < scale and math.isfinite(scale),
+  message="expected a number above 0 (1 keeps an image's size, 0.5 halves it)",
+)
+flags.register_validator(
+  "attention_dir", lambda path: path is None or bool(path), message="expected a folder"
+)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
@@ -174,7 +183,14 @@ def format_result(
 
 def main(argv):
   if len(argv) < 2:
-    raise app.UsageError("Name at least one image file or folder.")
+    cli.fail("name at least one image file or folder to transcribe.")
+  try:
+    cli.check_config(FLAGS.config, word_bank=False)  # it reads images, renders no pages
+    cli.check_checkpoint(FLAGS.workdir, FLAGS.checkpoint)
+    if FLAGS.attention_dir and jax.process_index() == 0:
+      cli.make_writable_dir(FLAGS.attention_dir, "attention_dir")
+  except cli.CommandLineError as error:
+    cli.fail(str(error))
   d = FLAGS.config.data
   pages, errors = [], {}
   for path in list_images(argv[1:]):
@@ -185,15 +201,17 @@ def main(argv):
     except (UnreadableImage, OSError) as e:
       errors[path] = str(e) if isinstance(e, UnreadableImage) else f"{path}: {e}"
   if not pages and not errors:
-    raise app.UsageError(f"No image files in {argv[1:]} (looked for {IMAGE_EXTENSIONS}).")
+    cli.fail(f"no image files in {argv[1:]} (looked for {', '.join(IMAGE_EXTENSIONS)}).")
   results = {}
   if pages:
-    run = inference.restore_run(FLAGS.workdir, FLAGS.config, FLAGS.checkpoint)
+    try:
+      run = inference.restore_run(FLAGS.workdir, FLAGS.config, FLAGS.checkpoint)
+    except (ValueError, OSError) as error:  # no such step, a damaged checkpoint, another shape
+      cli.fail(str(error), status=1)
     texts, attentions = recognise(run, pages, with_attention=bool(FLAGS.attention_dir))
     for page, text, attention in zip(pages, texts, attentions):
       results[page.path] = text
       if FLAGS.attention_dir:
-        os.makedirs(FLAGS.attention_dir, exist_ok=True)
         name = os.path.splitext(os.path.basename(page.path))[0] + ".attention.png"
         stride = resnet.encoder_stride(run.config.model.encoder_last_stride)
         picture = visualize.attention_picture(
@@ -216,4 +234,4 @@ def main(argv):
 
 if __name__ == "__main__":
   jax.config.config_with_absl()
-  app.run(main, flags_parser=inference.parse_flags_with_saved_config)
+  app.run(main, flags_parser=cli.parse_flags_with_run_config)

@@ -4,10 +4,10 @@ Reads top to bottom: train state, train step, then `train_and_evaluate`, the
 outer loop that owns everything stateful (data iterators, writers,
 checkpoints, progress). Losses are in losses.py, the optimizer in
 optimizer.py, the evaluation in evaluation.py, config checks in
-config_validation.py and the stop-on-signal handling in preemption.py.
+config_validation.py, the stop-on-signal handling in preemption.py and the
+workdir's lock in workdir.py.
 """
 
-import contextlib
 import functools
 import os
 import signal
@@ -39,6 +39,7 @@ from fphtr_jax import (
   visualize,
 )
 from fphtr_jax import tokenizer as tokenizer_lib
+from fphtr_jax import workdir as workdir_lib
 from fphtr_jax.models import fphtr, resnet
 
 
@@ -323,20 +324,43 @@ def _load_tokenizer(config, workdir: str, checkpointer) -> tokenizer_lib.Tokeniz
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
-  """Trains `config` in `workdir`, resuming from its latest checkpoint."""
-  from input_pipeline import datasets  # TensorFlow is only needed by the outer loop.
+  """Trains `config` in `workdir`, resuming from its latest checkpoint.
 
+  Everything that can refuse the run (the config, the mesh, the workdir's
+  lock and checkpoints, the data sources) is checked before anything in the
+  workdir is written, so a refused run leaves the workdir as it was.
+  """
   config_validation.validate_config(config)
-  os.makedirs(workdir, exist_ok=True)
-  is_main = jax.process_index() == 0
-
+  workdir_lib.check_workdir(workdir)
   mesh = sharding.create_mesh(config.mesh)
   config_validation.check_mesh(config, mesh)
+
+  # Signal handlers can only be installed from the main thread. With several
+  # processes, SIGTERM is left to JAX's preemption notifier, so that all
+  # processes agree on the step to save at (reached_preemption below); a
+  # Ctrl-C reaches one process only, so it stops at once, as usual.
+  in_main_thread = threading.current_thread() is threading.main_thread()
+  multi_process = jax.process_count() > 1
+  signals = () if multi_process or not in_main_thread else (signal.SIGTERM, signal.SIGINT)
+  stop = preemption.StopRequest(signals)
+  # Only process 0 owns the workdir: the others share process 0's run.
+  lock = workdir_lib.WorkdirLock(workdir, take=jax.process_index() == 0)
+  with stop, lock:
+    stop.at_exit(lock.release)
+    return _train(config, workdir, mesh, stop)
+
+
+def _train(config, workdir: str, mesh, stop: preemption.StopRequest):
+  """The body of `train_and_evaluate`, run while this process holds the workdir."""
+  from input_pipeline import datasets  # TensorFlow is only needed by the outer loop.
+
+  is_main = jax.process_index() == 0
+  # Opening the managers deletes unfinished saves: only under the lock.
   checkpointer = checkpointing.Checkpointer(workdir, config.checkpoint)
+  stop.watch_saves(
+    lambda: checkpointer.latest.is_saving_in_progress() or checkpointer.best.is_saving_in_progress()
+  )
   tokenizer = _load_tokenizer(config, workdir, checkpointer)
-  if is_main:  # Only once the config is known to fit the workdir's checkpoints.
-    _write_config(config, workdir)
-    tokenizer.save(workdir)
 
   rng = jax.random.key(config.train.seed, impl=config.train.rng_impl)
   init_rng, dropout_rng = jax.random.split(rng)
@@ -350,7 +374,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     state, _ = checkpointer.restore(abstract)
     logging.info("Resumed from step %d in %s.", int(state.step), workdir)
   start_step = int(state.step)
+  # Stopping before the first step loses nothing: the run starts here again.
+  stop.finished(start_step)
+  stop.saved(start_step)
 
+  # Loads the word banks and checks fonts and text files (or IAM's files).
   train_ds, eval_ds = datasets.create_datasets(
     config,
     process_index=jax.process_index(),
@@ -358,6 +386,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     start_step=start_step,
   )
   train_iter = train_ds.as_numpy_iterator()
+
+  if is_main:  # Only once every check above has passed.
+    _write_config(config, workdir)
+    tokenizer.save(workdir)
 
   batch_sharding = sharding.batch_sharding(mesh)
   rules = sharding.logical_rules(config.mesh)
@@ -385,18 +417,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   last_log_time, last_log_step, input_wait = time.time(), start_step, 0.0
 
   logging.info("Training from step %d to %d.", start_step, num_steps)
-  # Signal handlers can only be installed from the main thread.
-  in_main_thread = threading.current_thread() is threading.main_thread()
-  # With several processes, SIGTERM is left to JAX's preemption notifier, so
-  # that all processes agree on the step to save at (reached_preemption below);
-  # a Ctrl-C reaches one process only, so it stops at once, as usual.
   multi_process = jax.process_count() > 1
-  stop = preemption.StopRequest(() if multi_process else (signal.SIGTERM, signal.SIGINT))
-  with (
-    jax.set_mesh(mesh),
-    nn.logical_axis_rules(rules),
-    stop if in_main_thread else contextlib.nullcontext(),
-  ):
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     for step in range(start_step + 1, num_steps + 1):
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
         wait_start = time.perf_counter()
@@ -404,6 +426,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
         input_wait += time.perf_counter() - wait_start
         batch = sharding.put_batch(batch, mesh)
         state, update = p_train_step(state, batch, dropout_rng)
+        stop.finished(step)
         train_metrics = update if train_metrics is None else train_metrics.merge(update)
       report_progress(step)
       progress_bar.update(1)
@@ -451,7 +474,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
       stopping = stop.requested or (multi_process and checkpointer.reached_preemption(step))
       if step % config.checkpoint.every_steps == 0 or step == num_steps or stopping:
         with report_progress.timed("checkpoint"):
-          checkpointer.save(step, state, tokenizer, config, force=stopping)
+          if checkpointer.save(step, state, tokenizer, config, force=stopping):
+            stop.saved(step)
       writer.flush()
       if stopping:
         logging.warning(

@@ -106,44 +106,13 @@ def check_max_len(max_len: int, model: fphtr.FPHTR, field: str = "decode.max_len
     )
 
 
-def decode_images(
-  model: fphtr.FPHTR,
-  variables,
-  images,
-  *,
-  max_len: int,
-  beam_size: int = 1,
-  length_penalty: float = 0.0,
-  use_cache: bool = True,
-  ignore_eos: bool = False,
-) -> decoding.DecodeOutput:
+def decode_images(model: fphtr.FPHTR, variables, images, **settings) -> decoding.DecodeOutput:
   """Transcribes a batch of pages: encoder once, then greedy or beam search.
 
-  Args:
-    model: the FPHTR module.
-    variables: {"params": ..., "batch_stats": ...}.
-    images: float32 [B, H, W, 1], normalised.
-    max_len: L, length of the returned sequences (2 to model.max_len).
-    beam_size: 1 = greedy search, more = beam search.
-    length_penalty: alpha of the beam search's length penalty.
-    use_cache: decode with the KV cache; False re-runs the decoder over the
-      whole prefix at every step (for tests and benchmarks).
-    ignore_eos: never emit <EOS>, so that every sequence is L long.
-
-  Returns:
-    DecodeOutput: tokens int32 [B, L], token_log_probs float32 [B, L].
+  images: float32 [B, H, W, 1], normalised; `settings`: those of `decode_memory`.
   """
   memory = model.apply(variables, images, train=False, method=fphtr.FPHTR.encode)
-  return decode_memory(
-    model,
-    variables,
-    memory,
-    max_len=max_len,
-    beam_size=beam_size,
-    length_penalty=length_penalty,
-    use_cache=use_cache,
-    ignore_eos=ignore_eos,
-  )
+  return decode_memory(model, variables, memory, **settings)
 
 
 def decode_memory(
@@ -157,7 +126,22 @@ def decode_memory(
   use_cache: bool = True,
   ignore_eos: bool = False,
 ) -> decoding.DecodeOutput:
-  """decode_images from the encoder's output, memory [B, S, d_model] (`FPHTR.encode`)."""
+  """Greedy or beam search over the decoder, from the encoder's output.
+
+  Args:
+    model: the FPHTR module.
+    variables: {"params": ..., "batch_stats": ...}.
+    memory: float32 [B, S, d_model], `FPHTR.encode` of the pages.
+    max_len: L, length of the returned sequences (2 to model.max_len).
+    beam_size: 1 = greedy search, more = beam search.
+    length_penalty: alpha of the beam search's length penalty.
+    use_cache: decode with the KV cache; False re-runs the decoder over the
+      whole prefix at every step (for tests and benchmarks).
+    ignore_eos: never emit <EOS>, so that every sequence is L long.
+
+  Returns:
+    DecodeOutput: tokens int32 [B, L], token_log_probs float32 [B, L].
+  """
   check_max_len(max_len, model)
   if beam_size < 1:
     raise ValueError(f"decode.beam_size={beam_size} is invalid: expected 1 or more.")

@@ -217,8 +217,12 @@ def test_processes_form_one_mesh_and_read_their_own_data(runs):
 def test_two_processes_match_one_process(runs):
   first, second = runs["processes"]
   assert first["losses"] == second["losses"]  # one global computation
-  # Other float32 summation orders than one process: see test_sharding.
-  np.testing.assert_allclose(first["losses"], runs["single"]["losses"], rtol=1e-4)
+  # Other float32 summation orders than one process (see test_sharding), and
+  # Adam's first steps move every parameter by about the learning rate whatever
+  # the size of its gradient, so a near-zero gradient summed in another order
+  # moves the loss by up to ~4e-4 (relative) within five steps on some CPUs;
+  # one step of training changes it by ~6e-3.
+  np.testing.assert_allclose(first["losses"], runs["single"]["losses"], rtol=1e-3)
   assert first["losses"][-1] < first["losses"][0], first["losses"]
 
 

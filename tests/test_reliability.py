@@ -182,6 +182,7 @@ def _train_step_fn(config):
   return jax.jit(functools.partial(train.train_step, label_smoothing=0.0, schedule=schedule))
 
 
+@pytest.mark.slow
 def test_a_nan_batch_is_skipped_and_counted(tiny_config):
   tokenizer = tokenizer_lib.Tokenizer(tiny_config.data.charset)
   mesh = sharding.create_mesh(tiny_config.mesh)
@@ -213,6 +214,7 @@ def test_a_nan_batch_is_skipped_and_counted(tiny_config):
   assert np.isfinite(merged["loss"]) and merged["loss"] == good_metrics.compute()["loss"]
 
 
+@pytest.mark.slow
 def test_too_many_skipped_steps_abort_and_keep_the_last_checkpoint(tiny_config, tmp_path):
   tiny_config.train.num_steps = 2
   tiny_config.checkpoint.every_steps = 2
@@ -233,6 +235,7 @@ def test_too_many_skipped_steps_abort_and_keep_the_last_checkpoint(tiny_config, 
   _assert_states_equal(restored.params, good.params)
 
 
+@pytest.mark.slow
 def test_workdir_of_another_model_is_refused_and_left_as_it_was(tiny_config, tmp_path):
   tiny_config.train.num_steps = 2
   tiny_config.checkpoint.every_steps = 2

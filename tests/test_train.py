@@ -36,6 +36,7 @@ def _leaves_equal(a, b):
   )
 
 
+@pytest.mark.slow
 def test_loss_decreases_on_a_repeated_batch(tiny_config):
   tokenizer, mesh, model, state, shardings = _setup(tiny_config)
   train_ds, _ = datasets.create_datasets(tiny_config)
@@ -85,6 +86,7 @@ def test_checkpoint_restores_bit_identically(tiny_config, tmp_path):
   checkpointer.close()
 
 
+@pytest.mark.slow
 def test_train_and_evaluate_writes_and_resumes(tiny_config, tmp_path):
   tiny_config.train.num_steps = 4
   tiny_config.checkpoint.every_steps = 2
@@ -109,6 +111,7 @@ def test_train_and_evaluate_writes_and_resumes(tiny_config, tmp_path):
   assert _leaves_equal(resumed.params, straight.params)
 
 
+@pytest.mark.slow
 def test_workdir_with_another_vocabulary_is_refused(tiny_config, tmp_path):
   tiny_config.train.num_steps = 2
   tiny_config.checkpoint.every_steps = 2

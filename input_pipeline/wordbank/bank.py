@@ -376,8 +376,8 @@ def _cache_inputs(data_config, split: str) -> dict:
   fonts = _split_fonts(options, split)
   for field in ("font_paths", "extra_fonts", "heldout_fonts"):
     del options[field]
-  if text_file and not pathlib.Path(text_file).expanduser().is_file():
-    raise ValueError(f"data.text_file: {text_file} does not exist.")
+  if text_file:
+    text_lib.check_text_file(text_file)
   return dict(
     options,
     fonts=[

@@ -2,6 +2,7 @@
 
 from collections.abc import Iterator, Sequence
 import functools
+import os
 import pathlib
 
 from absl import logging
@@ -183,19 +184,35 @@ def sample_words(charset: str, num_words: int, seed: int = 0) -> list[str]:
   return [next(stream) for _ in range(num_words)]
 
 
+def check_text_file(path: str):
+  """Raises ValueError, naming data.text_file, unless `path` is a readable file."""
+  file = pathlib.Path(path).expanduser()
+  if file.is_dir():
+    raise ValueError(
+      f"data.text_file: {path} is a folder; give a UTF-8 text file (its words are rendered)."
+    )
+  if not file.exists():
+    raise ValueError(f"data.text_file: {path} does not exist; give a UTF-8 text file.")
+  if not file.is_file():
+    raise ValueError(f"data.text_file: {path} is not a regular file; give a UTF-8 text file.")
+  if not os.access(file, os.R_OK):
+    raise ValueError(f"data.text_file: {path} cannot be read (permission denied).")
+
+
 def read_text_words(path: str, charset: str, skip_unknown_chars: bool = False) -> list[str]:
   """The words of a UTF-8 text file, in order (split on whitespace).
 
   Raises:
-    ValueError: the file is missing or not UTF-8, has no usable word, or has a
-      word with a character outside `charset` (unless `skip_unknown_chars`,
-      which skips such words and logs how many).
+    ValueError: the file is missing, a folder, unreadable or not UTF-8, has no
+      usable word, or has a word with a character outside `charset` (unless
+      `skip_unknown_chars`, which skips such words and logs how many).
   """
   allowed = set(word_charset(charset))
+  check_text_file(path)
   try:
     text = pathlib.Path(path).expanduser().read_text(encoding="utf-8")
-  except FileNotFoundError as e:
-    raise ValueError(f"data.text_file: {path} does not exist.") from e
+  except OSError as e:
+    raise ValueError(f"data.text_file: {path} cannot be read ({e.strerror or e}).") from e
   except UnicodeDecodeError as e:
     raise ValueError(f"data.text_file: {path} is not UTF-8 text ({e}).") from e
   words, skipped = [], 0
