@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 
 import pytest
 
@@ -72,3 +73,40 @@ def trained_tiny_workdir(tmp_path_factory, bank_cache_dir):
   result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
   assert result.returncode == 0, result.stderr[-5000:]
   return workdir
+
+
+# --- Training runs in a subprocess, as a user starts them ----------------------
+
+# No periodic eval or checkpoint gets in the way; every step is logged.
+QUIET_TRAIN_FLAGS = (
+  "--config.eval.every_steps=100000",
+  "--config.checkpoint.every_steps=100000",
+  "--config.train.log_every_steps=1",
+)
+
+
+def train_command(workdir, cache_dir, *overrides) -> list[str]:
+  """The command line that trains configs/tiny.py in `workdir`, with `overrides`."""
+  return [
+    sys.executable,
+    "-m",
+    "fphtr_jax.main",
+    "--config=configs/tiny.py",
+    f"--workdir={workdir}",
+    f"--config.data.cache_dir={cache_dir}",
+    *overrides,
+  ]
+
+
+def wait_for(predicate, process, log_path, interval=0.02, hang_guard_s=1800):
+  """Polls until `predicate` holds; fails if the run ends first.
+
+  `hang_guard_s` only keeps a run that never gets there (a long run that
+  missed its signal, say) from holding up the suite; it is not a speed check.
+  """
+  give_up = time.monotonic() + hang_guard_s
+  while not predicate():
+    assert process.poll() is None, log_path.read_text()[-3000:]
+    if time.monotonic() > give_up:
+      pytest.fail(f"the run never got there; its log ends: {log_path.read_text()[-3000:]}")
+    time.sleep(interval)

@@ -10,8 +10,6 @@ import re
 import resource
 import signal
 import subprocess
-import sys
-import time
 
 import flax.linen as nn
 import jax
@@ -21,31 +19,14 @@ import pytest
 from fphtr_jax import checkpointing, optimizer, sharding, train
 from fphtr_jax import tokenizer as tokenizer_lib
 from input_pipeline import datasets
+from tests.conftest import QUIET_TRAIN_FLAGS, train_command, wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# No eval or periodic checkpoint gets in the way; every step is logged.
-QUIET = (
-  "--config.eval.every_steps=100000",
-  "--config.checkpoint.every_steps=100000",
-  "--config.train.log_every_steps=1",
-)
-
-
-def _command(workdir, cache_dir, *overrides):
-  return [
-    sys.executable,
-    "-m",
-    "fphtr_jax.main",
-    "--config=configs/tiny.py",
-    f"--workdir={workdir}",
-    f"--config.data.cache_dir={cache_dir}",
-    *overrides,
-  ]
 
 
 def _run(workdir, cache_dir, *overrides, **kwargs):
   return subprocess.run(
-    _command(workdir, cache_dir, *overrides),
+    train_command(workdir, cache_dir, *overrides),
     cwd=ROOT,
     capture_output=True,
     text=True,
@@ -82,13 +63,6 @@ def _assert_states_equal(a, b):
     np.testing.assert_array_equal(x, y)
 
 
-def _wait_for(predicate, process, log_path, interval=0.02):
-  """Polls until `predicate` holds; fails if the run ends first (every run here is finite)."""
-  while not predicate():
-    assert process.poll() is None, log_path.read_text()[-3000:]
-    time.sleep(interval)
-
-
 @pytest.mark.slow
 def test_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path, bank_cache_dir, tiny_config):
   num_steps = 60
@@ -96,13 +70,13 @@ def test_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path, bank_cache_di
   interrupted, log_path = tmp_path / "interrupted", tmp_path / "log.txt"
   with open(log_path, "w") as log:
     process = subprocess.Popen(
-      _command(interrupted, bank_cache_dir, steps, *QUIET),
+      train_command(interrupted, bank_cache_dir, steps, *QUIET_TRAIN_FLAGS),
       cwd=ROOT,
       stdout=log,
       stderr=subprocess.STDOUT,
     )
     try:
-      _wait_for(lambda: "[3] train/" in log_path.read_text(), process, log_path)
+      wait_for(lambda: "[3] train/" in log_path.read_text(), process, log_path)
       process.send_signal(signal.SIGTERM)
       assert process.wait(timeout=120) == 0, log_path.read_text()[-3000:]
     finally:
@@ -112,10 +86,10 @@ def test_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path, bank_cache_di
   assert 3 <= stopped_at < num_steps
   assert os.listdir(interrupted / "checkpoints") == [str(stopped_at)]
 
-  resumed = _run(interrupted, bank_cache_dir, steps, *QUIET)
+  resumed = _run(interrupted, bank_cache_dir, steps, *QUIET_TRAIN_FLAGS)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert f"Resumed from step {stopped_at}" in resumed.stderr
-  straight = _run(tmp_path / "straight", bank_cache_dir, steps, *QUIET)
+  straight = _run(tmp_path / "straight", bank_cache_dir, steps, *QUIET_TRAIN_FLAGS)
   assert straight.returncode == 0, straight.stderr[-3000:]
 
   # Bit for bit: parameters, optimizer and BatchNorm state, and every loss.
@@ -144,13 +118,13 @@ def test_kill_9_during_a_save_resumes_from_the_previous_checkpoint(tmp_path, ban
   for _ in range(5):  # The save may finish between the look and the kill: try again.
     with open(log_path, "w") as log:
       process = subprocess.Popen(
-        _command(workdir, bank_cache_dir, *overrides),
+        train_command(workdir, bank_cache_dir, *overrides),
         cwd=ROOT,
         stdout=log,
         stderr=subprocess.STDOUT,
       )
       try:
-        _wait_for(
+        wait_for(
           lambda: len(complete() if checkpoints.is_dir() else []) >= 2 and saving(),
           process,
           log_path,
@@ -270,7 +244,7 @@ def test_a_full_disk_while_saving_leaves_the_previous_checkpoint_usable(
   tmp_path, bank_cache_dir, tiny_config
 ):
   workdir = tmp_path / "run"
-  first = _run(workdir, bank_cache_dir, "--config.train.num_steps=2", *QUIET)
+  first = _run(workdir, bank_cache_dir, "--config.train.num_steps=2", *QUIET_TRAIN_FLAGS)
   assert first.returncode == 0, first.stderr[-3000:]
   saved = _restore(workdir, tiny_config, 2)
   largest = max(
@@ -285,7 +259,7 @@ def test_a_full_disk_while_saving_leaves_the_previous_checkpoint_usable(
     workdir,
     bank_cache_dir,
     "--config.train.num_steps=4",
-    *QUIET,
+    *QUIET_TRAIN_FLAGS,
     "--config.checkpoint.async_save=False",
     preexec_fn=_limit_file_size(largest // 2),
   )
@@ -298,7 +272,7 @@ def test_a_full_disk_while_saving_leaves_the_previous_checkpoint_usable(
   ), _error_lines(full.stderr)
   _assert_states_equal(_restore(workdir, tiny_config), saved)
 
-  again = _run(workdir, bank_cache_dir, "--config.train.num_steps=4", *QUIET)
+  again = _run(workdir, bank_cache_dir, "--config.train.num_steps=4", *QUIET_TRAIN_FLAGS)
   assert again.returncode == 0, again.stderr[-3000:]
   assert "Resumed from step 2" in again.stderr
   assert json.loads((workdir / "config.json").read_text())["train"]["num_steps"] == 4
