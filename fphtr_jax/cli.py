@@ -13,6 +13,7 @@ is one line too, with exit status 1.
 """
 
 import difflib
+import functools
 import importlib.machinery
 import importlib.util
 import logging as std_logging
@@ -353,20 +354,31 @@ def load_config_file(argument: str) -> ml_collections.ConfigDict:
   return config
 
 
+def _flags_parser(parse):
+  """An absl flags parser (for `app.run(main, flags_parser=...)`) from `parse`.
+
+  Quiets the libraries' logs; a CommandLineError of `parse` is one line on
+  stderr and its exit status.
+  """
+
+  @functools.wraps(parse)
+  def parser(argv: list[str]) -> list[str]:
+    quiet_libraries()
+    try:
+      return parse(argv)
+    except CommandLineError as error:
+      fail(str(error), error.status)
+
+  return parser
+
+
+@_flags_parser
 def parse_flags_with_config_file(argv: list[str]) -> list[str]:
   """absl flags parser for a --config=FILE flag (config_flags.DEFINE_config_file).
 
-  Pass to `app.run(main, flags_parser=...)`. Every mistake in the flags, the
-  config file or its overrides is one line on stderr and exit status 2.
+  Every mistake in the flags, the config file or its overrides is one line on
+  stderr and exit status 2.
   """
-  quiet_libraries()
-  try:
-    return _parse_with_config_file(argv)
-  except CommandLineError as error:
-    fail(str(error), error.status)
-
-
-def _parse_with_config_file(argv: list[str]) -> list[str]:
   argument = flag_value(argv, CONFIG_FLAG)
   if argument is not None:
     check_config_path(argument)
@@ -431,21 +443,14 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
     ) from None
 
 
+@_flags_parser
 def parse_flags_with_run_config(argv: list[str]) -> list[str]:
   """absl flags parser: --config is the saved config of --workdir's run, then parses.
 
   So `--config.decode.beam_size=4` overrides a field of the run's own config,
-  checked against that field's type. Pass to `app.run(main, flags_parser=...)`.
-  Mistakes are one line on stderr and exit status 2.
+  checked against that field's type. Mistakes are one line on stderr and exit
+  status 2.
   """
-  quiet_libraries()
-  try:
-    return _parse_with_run_config(argv)
-  except CommandLineError as error:
-    fail(str(error), error.status)
-
-
-def _parse_with_run_config(argv: list[str]) -> list[str]:
   workdir = flag_value(argv, "workdir")
   asks_help = any(arg in HELP_FLAGS for arg in argv[1:])
   if workdir is None and not asks_help:

@@ -181,6 +181,7 @@ def test_attention_loss_is_lowest_when_attending_to_the_glyph():
   np.testing.assert_allclose(float(masked), on_glyph, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_guided_attention_learns_where_to_look(tiny_config):
   tiny_config.train.attention_loss_weight = 1.0
   tokenizer, mesh, model, state, shardings = _setup(tiny_config)
