@@ -17,12 +17,14 @@ docs/experiments/cpu_fullpage.md.
   bash launch/train.sh configs/cpu_fullpage.py
   # A slower CPU: the whole schedule (warmup, curriculum, evaluations,
   # checkpoints) scales with num_steps.
-  bash launch/train.sh configs/cpu_fullpage.py --config.train.num_steps=6000
+  bash launch/train.sh configs/cpu_fullpage.py:steps=6000 workdirs/cpu_fullpage_6k
+  # The variants of docs/experiments/cpu_fullpage.md, as config arguments:
+  bash launch/train.sh configs/cpu_fullpage.py:b8,fonts=sans workdirs/cpu_fullpage_sans
 
 configs/fullpage.py is the same recipe at the paper's scale for a GPU or TPU.
 """
 
-from configs import default
+from configs import default, variants
 
 # Font families that training never sees; the eval split is written in them.
 HELDOUT_FONTS = ("IndieFlower-Regular", "ShadowsIntoLight", "Satisfy-Regular")
@@ -41,9 +43,50 @@ EXTRA_FONTS = (
   "hershey:rowmans",
   "hershey:timesi",
 )
+# The earlier versions of the recipe: the five rounded sans fonts only.
+SANS_FONTS = EXTRA_FONTS[:5]
+
+VARIANTS = variants.Variants(
+  {
+    **variants.common_keys(),
+    "curriculum": variants.Key("data.curriculum_steps", "steps from one line to full pages"),
+    "single_lines": variants.Key("data.single_line_pages", "share of one-line training pages"),
+    "fonts": variants.Key(
+      "data.extra_fonts",
+      "print fonts added to the handwriting ones for training",
+      choices={"print": ",".join(EXTRA_FONTS), "sans": ",".join(SANS_FONTS), "none": ""},
+    ),
+    "distortion": variants.Key("data.shape_distortion", "how far training words bend"),
+    "bank": variants.Key("data.bank_size", "pre-rendered words of each word bank"),
+  },
+  {
+    "b8": variants.Variant(
+      "the earlier versions' schedule: 6000 steps of 8 pages",
+      "batch=8,steps=6000,warmup=500,curriculum=2400,eval_every=600,ckpt_every=400",
+    ),
+    "wide_hands": variants.Variant(
+      "more varied training hands: bent words, twice the writers, no print fonts",
+      "fonts=none,distortion=0.1,bank=40000,single_lines=0.1",
+      {"data.words_per_writer": (100, 200)},
+    ),
+    "more_writers": variants.Variant(
+      "five times the training writers (13 styles a font instead of 3)",
+      fields={"data.train_words_per_writer": (40, 80)},
+    ),
+    "bf16": variants.Variant("bfloat16 compute", "dtype=bfloat16"),
+  },
+  sweeps={
+    # The batch sizes of docs/experiments/cpu_fullpage.md at equal time.
+    "batch_sizes": [dict(batch=2, steps=22000, lr=4e-4), dict(batch=4), dict(b8=True)]
+  },
+)
 
 
-def get_config():
+def get_sweep(arg=None):
+  return VARIANTS.sweep(arg)
+
+
+def get_config(arg=None):
   config = default.get_config()
 
   config.model.encoder = "resnet18"
@@ -90,4 +133,4 @@ def get_config():
 
   config.eval.num_examples = 64
   config.eval.batch_size = 16
-  return config
+  return VARIANTS.apply(config, arg)

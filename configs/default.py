@@ -4,15 +4,23 @@ Needs no download: words are rendered from pip-installed handwriting fonts and
 composed into pages inside tf.data.
 
   python -m fphtr_jax.main --config=configs/default.py --workdir=/tmp/fphtr
+  python -m fphtr_jax.main --config=configs/default.py:batch=4 --workdir=/tmp/fphtr_b4
+
+The text after the colon is the config argument (configs/variants.py): the
+keys of variants.common_keys().
 """
 
 import ml_collections
 
+from configs import variants
+
 # IAM's character set (79 symbols) plus the line separator used by forms.
 IAM_CHARSET = " !\"#&'()*+,-./0123456789:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
+VARIANTS = variants.Variants(variants.common_keys())
 
-def get_config():
+
+def get_config(arg=None):
   config = ml_collections.ConfigDict()
 
   # --- Model -----------------------------------------------------------------
@@ -86,7 +94,9 @@ def get_config():
   config.data.prefetch = 2
   # Image files (IAM, predict) with more pixels are refused before decoding.
   config.data.max_image_pixels = 50_000_000
-  config.data.synthetic_proba = 1.0  # share of synthetic examples when mixing
+  # Share of synthetic examples mixed into real ones (iam, pages); the embedded
+  # source is all synthetic.
+  config.data.synthetic_proba = 0.0
   # IAM source (data.source="iam", configs/iam_*.py). The unpacked IAM download
   # (xml/, ascii/, forms*/, lines/, words/); required by that source.
   config.data.iam_dir = ml_collections.config_dict.placeholder(str)
@@ -98,6 +108,20 @@ def get_config():
   config.data.iam_split_fractions = (0.8, 0.1, 0.1)  # train, validation, test; random only
   config.data.iam_skip_err = False  # drop words and lines whose segmentation is "err"
   config.data.iam_bad_image = "skip"  # skip (warn and count) | error
+  # Pages source (data.source="pages", docs/pages.md): a folder of PAGE-XML, ALTO,
+  # or images with a .gt.txt/.txt beside them, read recursively; required by it.
+  # data.charset="auto" takes the characters of its training split.
+  config.data.pages_dir = ml_collections.config_dict.placeholder(str)
+  # Where TFDS keeps the prepared dataset; unset = ~/tensorflow_datasets.
+  config.data.pages_tfds_dir = ml_collections.config_dict.placeholder(str)
+  config.data.pages_scale = 1.0  # of the page images, before fitting to the canvas
+  # A folder with train.txt, validation.txt, test.txt (page ids, one a line, #
+  # comments); unset = a seeded random split by page by data.split_fractions.
+  config.data.pages_split_dir = ml_collections.config_dict.placeholder(str)
+  config.data.pages_split_seed = 0
+  config.data.split_fractions = (0.8, 0.1, 0.1)  # train, validation, test
+  config.data.unicode_normalization = "NFC"  # of the pages' texts: none | NFC | NFD
+  config.data.pages_bad_record = "skip"  # skip (warn and count) | error
 
   # --- Training --------------------------------------------------------------
   config.train = ml_collections.ConfigDict()
@@ -127,6 +151,14 @@ def get_config():
   # Steps with a non-finite loss, gradient or parameter are skipped; more than
   # this many in a row stop the run (checked every log_every_steps).
   config.train.max_skipped_steps = 20
+  # Fine-tuning (docs/training.md): a new run starts from a trained run's
+  # parameters: its workdir (newest intact checkpoint), WORKDIR:best,
+  # WORKDIR:STEP or a checkpoint folder. Its vocabulary comes first, then the
+  # characters of data.charset it lacks. Not read once the workdir has checkpoints.
+  config.train.init_from = ml_collections.config_dict.placeholder(str)
+  # Parameter groups kept fixed: () | ("encoder",) | ("decoder",). A frozen
+  # encoder also keeps its BatchNorm statistics (it runs in inference mode).
+  config.train.freeze = ()
 
   # --- Evaluation ------------------------------------------------------------
   config.eval = ml_collections.ConfigDict()
@@ -179,4 +211,4 @@ def get_config():
     ("length", None),
   )
 
-  return config
+  return VARIANTS.apply(config, arg)

@@ -10,13 +10,29 @@ docs/experiments/fullpage_gpu.md.
 
   bash launch/gpu_local.sh configs/fullpage.py   # all GPUs of this machine
   # bfloat16 compute (parameters and optimizer state stay float32):
-  bash launch/gpu_local.sh configs/fullpage.py --config.model.dtype=bfloat16
+  bash launch/gpu_local.sh configs/fullpage.py:bf16 workdirs/fullpage_bf16
+  # The shortened run of docs/experiments/fullpage_gpu.md:
+  python -m fphtr_jax.main --config=configs/fullpage.py:short,bf16,wide_hands \
+      --workdir=workdirs/fullpage_2k
 """
 
-from configs import cpu_fullpage
+from configs import cpu_fullpage, variants
+
+# The keys and variants of cpu_fullpage.py, and a shortened schedule.
+VARIANTS = variants.Variants(
+  cpu_fullpage.VARIANTS.keys,
+  {
+    **cpu_fullpage.VARIANTS.variants,
+    "short": variants.Variant(
+      "the 2000-step schedule of the one H200 run: evaluations at steps 1000 and 2000 "
+      "on 64 pages, a checkpoint at the end only",
+      "steps=2000,warmup=200,curriculum=800,eval_every=1000,eval_examples=64,ckpt_every=100000",
+    ),
+  },
+)
 
 
-def get_config():
+def get_config(arg=None):
   # The recipe's optimisation, layout and held-out fonts, at the paper's scale.
   config = cpu_fullpage.get_config()
   config.model.encoder = "resnet34"
@@ -43,4 +59,4 @@ def get_config():
 
   config.eval.num_examples = 256
   config.eval.batch_size = 32
-  return config
+  return VARIANTS.apply(config, arg)

@@ -7,7 +7,7 @@
 from configs import iam_line
 
 
-def get_config():
+def get_config(arg=None):
   config = iam_line.get_config()
   config.data.level = "form"
   # The handwritten part of a form at 0.5 scale is ~1240 px wide and up to
@@ -18,4 +18,4 @@ def get_config():
   config.data.max_rotation = 2.0
   config.data.words_per_form = (7, 70)
   config.eval.num_examples = 116  # the Aachen validation forms
-  return config
+  return iam_line.VARIANTS.apply(config, arg)

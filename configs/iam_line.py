@@ -9,7 +9,16 @@ The first run prepares the TFDS dataset (input_pipeline/iam/tfds_builder.py) in
 data.iam_tfds_dir and caches the word bank of the training split.
 """
 
-from configs import default
+from configs import default, variants
+
+# The keys of every IAM config (configs/iam_*.py).
+VARIANTS = variants.Variants(
+  {
+    **variants.common_keys(),
+    "iam_dir": variants.Key("data.iam_dir", "the folder of your IAM download"),
+    "synthetic": variants.Key("data.synthetic_proba", "share of synthetic examples"),
+  }
+)
 
 
 def add_iam_fields(config):
@@ -21,7 +30,7 @@ def add_iam_fields(config):
   return config
 
 
-def get_config():
+def get_config(arg=None):
   config = add_iam_fields(default.get_config())
   config.data.level = "line"
   # IAM lines at 0.5 scale are up to ~1200 x 150 px; larger ones are shrunk to fit.
@@ -31,4 +40,4 @@ def get_config():
   config.data.max_len = 90
   config.data.max_rotation = 10.0
   config.eval.num_examples = 1000  # the first 1000 validation lines
-  return config
+  return VARIANTS.apply(config, arg)

@@ -7,7 +7,7 @@
 from configs import iam_line
 
 
-def get_config():
+def get_config(arg=None):
   config = iam_line.get_config()
   config.data.level = "word"
   config.data.image_height = 96
@@ -18,4 +18,4 @@ def get_config():
   config.train.batch_size = 32
   config.eval.batch_size = 32
   config.eval.num_examples = 2048
-  return config
+  return iam_line.VARIANTS.apply(config, arg)

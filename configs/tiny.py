@@ -2,12 +2,26 @@
 
 Used by the tests; also handy to check an installation:
   python -m fphtr_jax.main --config=configs/tiny.py --workdir=/tmp/tiny
+  python -m fphtr_jax.main --config=configs/tiny.py:steps=20,lr=0.003 --workdir=/tmp/tiny20
+
+`configs/tiny.py:sweep` is a sweep of three tiny runs: two seeds, one of them
+also trained longer (docs/experiments/README.md). Seeds and steps leave the
+compiled steps as they are, so the three runs compile once:
+  python -m fphtr_jax.sweep --config=configs/tiny.py:sweep --workdir_root=/tmp/tiny_sweep
 """
 
-from configs import default
+from configs import default, variants
+
+VARIANTS = variants.Variants(
+  variants.common_keys(), sweeps={"sweep": [dict(seed=1), dict(seed=2), dict(seed=2, steps=15)]}
+)
 
 
-def get_config():
+def get_sweep(arg=None):
+  return VARIANTS.sweep(arg)
+
+
+def get_config(arg=None):
   config = default.get_config()
 
   config.model.encoder_width = 8
@@ -40,4 +54,4 @@ def get_config():
 
   config.checkpoint.every_steps = 5
   config.checkpoint.max_to_keep = 2
-  return config
+  return VARIANTS.apply(config, arg)

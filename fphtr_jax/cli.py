@@ -340,8 +340,12 @@ def load_config_file(argument: str) -> ml_collections.ConfigDict:
       f"--config={argument}: {path} has no get_config() function; a config file "
       "defines get_config() returning an ml_collections.ConfigDict, like configs/tiny.py."
     )
+  from configs import variants  # pylint: disable=g-import-not-at-top
+
   try:
     config = get_config(*([arg] if has_arg else []))
+  except variants.ConfigArgumentError as error:  # names the item and what is allowed
+    raise CommandLineError(f"--config={argument}: {error}") from None
   except Exception as error:  # whatever get_config raises
     raise CommandLineError(
       f"--config={argument}: get_config() of {path} raised {_describe(error, skip=1)}."

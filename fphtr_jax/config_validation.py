@@ -13,7 +13,7 @@ from fphtr_jax import sharding
 from fphtr_jax.models import resnet
 
 SECTIONS = ("model", "data", "train", "eval", "checkpoint", "mesh", "decode")
-SOURCES = ("embedded", "iam")
+SOURCES = ("embedded", "iam", "pages")
 
 # Fields that fix the shapes of the train state: a checkpoint trained with other
 # values cannot be resumed.
@@ -28,7 +28,14 @@ STATE_SHAPE_FIELDS = (
   "data.max_len",
   "train.optimizer",
   "train.grad_clip_norm",
+  "train.freeze",  # frozen parameters have no optimizer state
 )
+# The fields of a saved config that older runs lack: the value they trained with.
+SAVED_DEFAULTS = {"train.freeze": ()}
+# Those that fix the parameters' shapes: a train.init_from source must match them.
+PARAM_SHAPE_FIELDS = tuple(f for f in STATE_SHAPE_FIELDS if f.startswith("model."))
+# train.freeze names -> the top-level parameter group each keeps fixed.
+FREEZE_GROUPS = {"encoder": "image_encoder", "decoder": "text_decoder"}
 
 
 def require(ok: bool, field: str, value, expected: str):
@@ -75,9 +82,23 @@ def validate_config(config: ml_collections.ConfigDict):
       d.source == "embedded",
       "train.attention_loss_weight",
       t.attention_loss_weight,
-      "0 with data.source='iam' (only synthetic pages know where each character is)",
+      "0 with data.source='iam' or 'pages' (only synthetic pages know where each character is)",
     )
   require(t.max_skipped_steps >= 0, "train.max_skipped_steps", t.max_skipped_steps, "0 or more")
+  groups = " or ".join(map(repr, FREEZE_GROUPS))
+  require(
+    all(g in FREEZE_GROUPS for g in t.freeze) and len(set(t.freeze)) < len(FREEZE_GROUPS),
+    "train.freeze",
+    t.freeze,
+    f"the parameter group to keep fixed, {groups} (not all: then nothing trains), "
+    "e.g. --config.train.freeze=encoder; () trains every parameter",
+  )
+  require(
+    t.init_from is None or bool(t.init_from.strip()),
+    "train.init_from",
+    t.init_from,
+    "unset, or a trained run's workdir, WORKDIR:best, WORKDIR:STEP or a checkpoint folder",
+  )
   require(t.log_every_steps > 0, "train.log_every_steps", t.log_every_steps, "a positive integer")
   require(e.every_steps > 0, "eval.every_steps", e.every_steps, "a positive integer")
   require(e.batch_size > 0, "eval.batch_size", e.batch_size, "a positive integer")
@@ -135,6 +156,41 @@ def validate_config(config: ml_collections.ConfigDict):
       "'skip' or 'error'",
     )
   require(
+    d.charset != "auto" or d.source == "pages",
+    "data.charset",
+    d.charset,
+    "the characters of the labels; 'auto' (the training split's) only with data.source='pages'",
+  )
+  if d.source == "pages":
+    require(
+      bool(d.pages_dir),
+      "data.pages_dir",
+      d.pages_dir,
+      "the folder of your exported pages (PAGE-XML, ALTO, or images with .txt/.gt.txt), "
+      "e.g. --config.data.pages_dir=~/data/my_export",
+    )
+    require(d.level in ("word", "line", "form"), "data.level", d.level, "'word', 'line' or 'form'")
+    require(d.pages_scale > 0, "data.pages_scale", d.pages_scale, "a positive scale (1.0 = as is)")
+    fractions = tuple(d.split_fractions)
+    require(
+      len(fractions) == 3 and min(fractions) >= 0 and abs(sum(fractions) - 1) < 1e-6,
+      "data.split_fractions",
+      fractions,
+      "3 fractions (train, validation, test) >= 0 that sum to 1",
+    )
+    require(
+      d.unicode_normalization in ("none", "NFC", "NFD"),
+      "data.unicode_normalization",
+      d.unicode_normalization,
+      "'none', 'NFC' or 'NFD'",
+    )
+    require(
+      d.pages_bad_record in ("skip", "error"),
+      "data.pages_bad_record",
+      d.pages_bad_record,
+      "'skip' or 'error'",
+    )
+  require(
     config.mesh.preset in sharding.MESH_PRESETS,
     "mesh.preset",
     config.mesh.preset,
@@ -169,14 +225,31 @@ def check_against_checkpoint(config: ml_collections.ConfigDict, saved: dict | No
   """
   if saved is None:
     return
-  differ = []
-  for field in STATE_SHAPE_FIELDS:
-    section, name = field.split(".")
-    old, new = saved.get(section, {}).get(name), config[section].get(name)
-    if old != new:
-      differ.append(f"{field}={new!r} (checkpoint: {old!r})")
+  differ = [
+    f"{field}={new!r} (checkpoint: {old!r})"
+    for field, new, old in state_shape_differences(config, saved)
+  ]
   if differ:
     raise ValueError(
       f"The checkpoints in {workdir} were trained with another model: "
       f"{', '.join(differ)}. Use another --workdir, or the checkpoint's values."
     )
+
+
+def state_shape_differences(
+  config: ml_collections.ConfigDict, saved: dict, fields=STATE_SHAPE_FIELDS
+) -> list[tuple[str, object, object]]:
+  """(field, config's value, saved value) of each of `fields` that differs from `saved`.
+
+  `saved`: a saved config (a dict, as config.json holds it: lists for tuples);
+  a field it lacks counts as SAVED_DEFAULTS says.
+  """
+  as_value = lambda v: tuple(v) if isinstance(v, (list, tuple)) else v
+  differ = []
+  for field in fields:
+    section, name = field.split(".")
+    old = saved.get(section, {}).get(name, SAVED_DEFAULTS.get(field))
+    new = config[section].get(name)
+    if as_value(old) != as_value(new):
+      differ.append((field, new, old))
+  return differ

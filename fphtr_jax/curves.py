@@ -2,50 +2,107 @@
 
   python -m fphtr_jax.curves --workdir=workdirs/cpu_fullpage --output=curves.png
 
-Draws the training loss and the eval CER/WER against the step, with the
-minutes of training on a second axis, in plain PIL (no plotting library).
-Writes the same numbers to a CSV beside the picture.
+Draws the training loss and the validation CER/WER against the step, with
+the minutes of training on the top axis, with matplotlib. Writes the same
+numbers to a CSV beside the picture. `read_events` is the one reader of a
+run's event files (report.py uses it too).
 """
 
 import csv
+import dataclasses
 import glob
 import os
 
 from absl import app, flags
+from matplotlib import ticker
+from matplotlib.figure import Figure  # no pyplot: no display, no global state
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
 
 from fphtr_jax import cli
 
-flags.DEFINE_string("workdir", None, "Workdir of a training run.")
+# --workdir is the same flag as evaluate's and predict's, which report shares a process with.
+if "workdir" not in flags.FLAGS:
+  flags.DEFINE_string("workdir", None, "Workdir of a training run.")
 flags.DEFINE_string("output", None, "PNG to write; default <workdir>/curves.png.")
 FLAGS = flags.FLAGS
 
-# Panel: tags drawn together, y range.
+# Panel: title, tags drawn together, whether the values are error rates (percent axis).
 PANELS = (
-  ("training loss", ("train/loss",), None),
-  ("eval error rate", ("eval/cer", "eval/wer"), (0.0, 1.0)),
+  ("training loss", ("train/loss",), False),
+  ("validation error rate", ("eval/cer", "eval/wer"), True),
 )
-COLOURS = ((31, 119, 180), (214, 39, 40), (44, 160, 44))
-SIZE, MARGIN = (560, 300), (56, 30, 16, 40)  # left, top, right, bottom
+LABELS = {"train/loss": "loss", "eval/cer": "CER", "eval/wer": "WER"}
+HPARAMS_PLUGIN = "hparams"
+SESSION_START_TAG = "_hparams_/session_start_info"
 
 
-def read_scalars(workdir: str) -> dict[str, list[tuple[int, float, float]]]:
-  """tag -> [(step, wall time, value)] from the run's event files, by step.
+@dataclasses.dataclass
+class RunEvents:
+  """What a run's event files hold.
 
-  A resumed run logs some steps twice; the last record of a step wins.
+  scalars: tag -> [(step, wall time, value)] by step; a resumed run logs some
+    steps twice, and the last record of a step wins.
+  timeline: [(step, seconds of training)] by step: the time from the first
+    event of each session (event file) on, the gaps between sessions left out.
+  sessions: the hyperparameters of each start of the run (TensorBoard's
+    HParams sessions: config fields, run.* hardware), oldest first.
   """
-  import tensorflow as tf  # only this reader needs it
 
-  paths = sorted(glob.glob(os.path.join(workdir, "events.out.tfevents.*")))
+  scalars: dict[str, list[tuple[int, float, float]]]
+  timeline: list[tuple[int, float]]
+  sessions: list[dict]
+
+  def minutes_at(self, steps) -> np.ndarray:
+    """Minutes of training at `steps` (interpolated), float64 like `steps`."""
+    if not self.timeline:
+      return np.zeros_like(np.asarray(steps, np.float64))
+    s, t = zip(*self.timeline)
+    return np.interp(steps, s, np.maximum.accumulate(t)) / 60
+
+  @property
+  def seconds(self) -> float:
+    """Seconds of training in all, over every session."""
+    return max((t for _, t in self.timeline), default=0.0)
+
+
+def _value_of(proto_value):
+  kind = proto_value.WhichOneof("kind")
+  return {
+    "number_value": proto_value.number_value,
+    "string_value": proto_value.string_value,
+    "bool_value": proto_value.bool_value,
+  }.get(kind)
+
+
+def read_events(logdir: str) -> RunEvents:
+  """Reads the event files directly in `logdir` (not its subfolders).
+
+  Raises:
+    FileNotFoundError: there are none.
+  """
+  from tensorboard.plugins.hparams import metadata
+  import tensorflow as tf  # only this reader needs it
+  from tensorflow.core.util import event_pb2
+
+  paths = sorted(glob.glob(os.path.join(logdir, "events.out.tfevents.*")))
   if not paths:
     raise FileNotFoundError(
-      f"No TensorBoard event files in {workdir}: the training run logs them there."
+      f"No TensorBoard event files in {logdir}: the training run logs them there."
     )
-  records = {}
+  records, elapsed, sessions, offset = {}, {}, [], 0.0
   for path in paths:
-    for event in tf.compat.v1.train.summary_iterator(path):
+    first = last = None
+    for record in tf.data.TFRecordDataset(path):
+      event = event_pb2.Event.FromString(record.numpy())
+      first = event.wall_time if first is None else first
+      last = event.wall_time
       for value in event.summary.value:
+        if value.tag == SESSION_START_TAG:
+          info = metadata.parse_session_start_info_plugin_data(value.metadata.plugin_data.content)
+          sessions.append((event.wall_time, {k: _value_of(v) for k, v in info.hparams.items()}))
+          continue
+        if value.tag.startswith("_hparams_/"):
+          continue  # the experiment's declaration, not a number
         if value.HasField("tensor"):
           array = tf.make_ndarray(value.tensor)
           if array.size != 1 or not np.issubdtype(array.dtype, np.number):
@@ -56,10 +113,19 @@ def read_scalars(workdir: str) -> dict[str, list[tuple[int, float, float]]]:
         else:
           continue
         records.setdefault(value.tag, {})[event.step] = (event.wall_time, number)
-  return {tag: [(step, *steps[step]) for step in sorted(steps)] for tag, steps in records.items()}
+        elapsed[event.step] = offset + event.wall_time - first
+    if first is not None:
+      offset += last - first
+  return RunEvents(
+    scalars={
+      tag: [(step, *steps[step]) for step in sorted(steps)] for tag, steps in records.items()
+    },
+    timeline=sorted(elapsed.items()),
+    sessions=[values for _, values in sorted(sessions, key=lambda s: s[0])],
+  )
 
 
-def _smooth(values: np.ndarray, weight: float = 0.6) -> np.ndarray:
+def smooth(values: np.ndarray, weight: float = 0.6) -> np.ndarray:
   """TensorBoard's exponential moving average."""
   out, last = [], values[0]
   for v in values:
@@ -68,71 +134,77 @@ def _smooth(values: np.ndarray, weight: float = 0.6) -> np.ndarray:
   return np.asarray(out)
 
 
-def _panel(title, series, y_range, max_step, minutes_at) -> Image.Image:
-  """One chart: series = [(label, steps, values drawn, last value)]."""
-  image = Image.new("RGB", SIZE, "white")
-  draw = ImageDraw.Draw(image)
-  font = ImageFont.load_default()
-  left, top, right, bottom = MARGIN
-  x0, y0, x1, y1 = left, top, SIZE[0] - right, SIZE[1] - bottom
-  values = np.concatenate([v for _, _, v, _ in series]) if series else np.zeros(1)
-  lo, hi = y_range or (float(values.min()), float(values.max()))
-  hi = hi if hi > lo else lo + 1.0
-
-  def xy(step, value):
-    return (
-      x0 + (x1 - x0) * step / max(max_step, 1),
-      y1 - (y1 - y0) * (min(max(value, lo), hi) - lo) / (hi - lo),
-    )
-
-  draw.rectangle((x0, y0, x1, y1), outline=(0, 0, 0))
-  for k in range(5):  # grid and labels
-    value = lo + (hi - lo) * k / 4
-    _, y = xy(0, value)
-    draw.line((x0, y, x1, y), fill=(225, 225, 225))
-    draw.text((4, y - 6), f"{value:.2f}", fill=(0, 0, 0), font=font)
-    step = int(max_step * k / 4)
-    x, _ = xy(step, lo)
-    draw.text((x - 12, y1 + 4), str(step), fill=(0, 0, 0), font=font)
-    draw.text((x - 12, y1 + 16), f"{minutes_at(step):.0f} min", fill=(100, 100, 100), font=font)
-  draw.text((x0, 8), title, fill=(0, 0, 0), font=font)
-  for index, (label, steps, vals, last) in enumerate(series):
-    colour = COLOURS[index % len(COLOURS)]
-    points = [xy(s, v) for s, v in zip(steps, vals)]
-    if len(points) > 1:
-      draw.line(points, fill=colour, width=2)
-    for x, y in points if len(points) < 40 else ():
-      draw.ellipse((x - 2, y - 2, x + 2, y + 2), fill=colour)
-    draw.text((x1 - 150, y0 + 6 + 12 * index), f"{label} {last:.3f}", fill=colour, font=font)
-  return image
+def _interp(x, xp, fp):
+  """np.interp, continued along the end segments instead of flat (axes run past the data)."""
+  x = np.asarray(x, np.float64)
+  y = np.interp(x, xp, fp)
+  if len(xp) > 1:
+    low, high = x < xp[0], x > xp[-1]
+    y[low] = fp[0] + (x[low] - xp[0]) * (fp[1] - fp[0]) / (xp[1] - xp[0])
+    y[high] = fp[-1] + (x[high] - xp[-1]) * (fp[-1] - fp[-2]) / (xp[-1] - xp[-2])
+  return y
 
 
-def draw_curves(scalars) -> Image.Image:
-  """The panels of PANELS one above the other, for the tags the run logged."""
-  steps = [s for records in scalars.values() for s, _, _ in records]
-  max_step = max(steps) if steps else 1
-  # Minutes since the first record, interpolated at any step.
-  timeline = sorted({(s, t) for records in scalars.values() for s, t, _ in records})
-  start = timeline[0][1] if timeline else 0.0
+def add_minutes_axis(ax, events: RunEvents):
+  """A top axis with the minutes of training at the steps below."""
+  steps = np.asarray([s for s, _ in events.timeline], np.float64)
+  if len(steps) < 2:
+    return
+  minutes = np.maximum.accumulate([t for _, t in events.timeline]) / 60
+  # Both directions must increase for matplotlib: ties broken by a hair.
+  minutes = minutes + np.arange(len(minutes)) * 1e-6
+  top = ax.secondary_xaxis(
+    "top", functions=(lambda s: _interp(s, steps, minutes), lambda m: _interp(m, minutes, steps))
+  )
+  top.set_xlabel("minutes of training")
 
-  def minutes_at(step):
-    if not timeline:
-      return 0.0
-    return (np.interp(step, [s for s, _ in timeline], [t for _, t in timeline]) - start) / 60
 
-  panels = []
-  for title, tags, y_range in PANELS:
-    series = []
+def percent_axis(ax, highest: float):
+  """Error rates as percentages, from 0 to above the highest value drawn (it can pass 100%)."""
+  ax.yaxis.set_major_formatter(ticker.PercentFormatter(1.0, decimals=0))
+  ax.set_ylim(0, max(highest, 0.01) * 1.08)
+
+
+def draw_series(ax, steps, values, label: str, **style):
+  """One curve, with markers where there are few points (one evaluation is a dot)."""
+  marker = "o" if len(steps) < 40 else None
+  return ax.plot(steps, values, label=label, marker=marker, markersize=4, **style)
+
+
+def draw_curves(events: RunEvents):
+  """The panels of PANELS one above the other: a matplotlib Figure."""
+  fig = Figure(figsize=(7, 8), layout="constrained")
+  axes = fig.subplots(len(PANELS), 1, sharex=True)
+  scalars = events.scalars
+  for ax, (title, tags, rates) in zip(axes, PANELS):
+    drawn, highest = False, 0.0
     for tag in tags:
-      if tag in scalars:
-        s, _, v = zip(*scalars[tag])
-        v = np.asarray(v)
-        series.append((tag, s, _smooth(v) if tag.startswith("train/") else v, v[-1]))
-    panels.append(_panel(title, series, y_range, max_step, minutes_at))
-  out = Image.new("RGB", (SIZE[0], SIZE[1] * len(panels)), "white")
-  for index, panel in enumerate(panels):
-    out.paste(panel, (0, SIZE[1] * index))
-  return out
+      if tag not in scalars:
+        continue
+      steps, _, values = (np.asarray(x) for x in zip(*scalars[tag]))
+      last = f"{values[-1]:.1%}" if rates else f"{values[-1]:.3f}"
+      label = f"{LABELS.get(tag, tag)} (last {last})"
+      if tag.startswith("train/") and len(values) > 2:
+        (line,) = ax.plot(steps, values, alpha=0.25, linewidth=1)
+        draw_series(ax, steps, smooth(values), f"{label}, smoothed", color=line.get_color())
+      else:
+        draw_series(ax, steps, values, label)
+      drawn, highest = True, max(highest, float(values.max()))
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    if rates:
+      percent_axis(ax, highest)
+    if drawn:
+      ax.legend(loc="best")
+    else:
+      ax.text(0.5, 0.5, "not logged yet", ha="center", va="center", transform=ax.transAxes)
+  axes[-1].set_xlabel("step")
+  add_minutes_axis(axes[0], events)
+  return fig
+
+
+def save_figure(fig, path: str):
+  fig.savefig(path, format="png", dpi=110)
 
 
 def write_csv(scalars, path: str):
@@ -161,15 +233,15 @@ def main(argv):
   try:
     if folder:
       cli.check_writable_dir(folder, hint=f", so --output={output} cannot be written")
-    scalars = read_scalars(workdir)
+    events = read_events(workdir)
   except cli.CommandLineError as error:
     cli.fail(str(error))
   except FileNotFoundError as error:
     cli.fail(str(error), status=1)
   if folder:
     os.makedirs(folder, exist_ok=True)
-  draw_curves(scalars).save(output, format="PNG")
-  write_csv(scalars, os.path.splitext(output)[0] + ".csv")
+  save_figure(draw_curves(events), output)
+  write_csv(events.scalars, os.path.splitext(output)[0] + ".csv")
   print(f"Wrote {output} and {os.path.splitext(output)[0] + '.csv'}.")
 
 

@@ -29,8 +29,10 @@ CONFIG_FILENAME = "config.json"
 
 
 # Flags of both command lines; --config is defined once the workdir is known
-# (cli.parse_flags_with_run_config).
-flags.DEFINE_string("workdir", None, "Workdir of a training run (config, checkpoints).")
+# (cli.parse_flags_with_run_config). The trainer, which reads a trained run here
+# for train.init_from, has a --workdir of its own.
+if "workdir" not in FLAGS:
+  flags.DEFINE_string("workdir", None, "Workdir of a training run (config, checkpoints).")
 flags.DEFINE_string(
   "checkpoint",
   "latest",
@@ -190,7 +192,12 @@ def _run_config(workdir: str, checkpointer: checkpointing.Checkpointer) -> dict 
   return None
 
 
-def restore_run(workdir: str, config: ml_collections.ConfigDict, checkpoint: str = "latest") -> Run:
+def restore_run(
+  workdir: str,
+  config: ml_collections.ConfigDict,
+  checkpoint: str = "latest",
+  advice: str = CHECKPOINT_ADVICE,
+) -> Run:
   """Rebuilds the model of `config` and restores a checkpoint of `workdir` into it.
 
   Only reads the workdir. With "latest" or "best", a damaged newest checkpoint
@@ -201,6 +208,7 @@ def restore_run(workdir: str, config: ml_collections.ConfigDict, checkpoint: str
     config: its config (`load_config`), possibly with overrides; those of the
       fields that fix the model's shapes must match the checkpoint's.
     checkpoint: "latest", "best" or a step number, as a string.
+    advice: ends the message of a damaged checkpoint's error: how to pick another.
 
   Returns:
     The Run, its state placed on the mesh of config.mesh.
@@ -223,7 +231,7 @@ def restore_run(workdir: str, config: ml_collections.ConfigDict, checkpoint: str
       lambda step: _restore_step(workdir, checkpointer, which, step, config, mesh),
       step,
       checkpointer.damaged,
-      CHECKPOINT_ADVICE,
+      advice,
     )
     if found is None:
       raise FileNotFoundError(f"No {which} checkpoint in {manager.directory}.")

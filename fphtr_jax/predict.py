@@ -1,7 +1,7 @@
 r"""Transcribes page images with a trained checkpoint.
 
-  python -m fphtr_jax.predict --workdir=W page.png scans/ [--format=text|json] \
-      [--checkpoint=latest|best|STEP] [--attention_dir=DIR] [--scale=1.0] \
+  python -m fphtr_jax.predict --workdir=W page.png scans/ [--format=text|json|pagexml|alto] \
+      [--output_dir=DIR] [--checkpoint=latest|best|STEP] [--attention_dir=DIR] [--scale=1.0] \
       [--config.decode.beam_size=4]
 
 Arguments are image files or folders (their PNG, JPEG and TIFF files, sorted).
@@ -14,8 +14,13 @@ at 300 dpi want 0.5 for the IAM configs).
 
 --format=text prints each image's path, its confidence and its text;
 --format=json prints one JSON object per image: path, text, confidence,
-min_confidence, log_prob and per-line confidences. Confidences are token
-probabilities under the model: the mean and the minimum over a page or line.
+min_confidence, log_prob and its lines, each with its confidences and its
+box in the image's pixels. Confidences are token probabilities under the
+model: the mean and the minimum over a page or line. --format=pagexml or
+alto writes <image stem>.xml per image into --output_dir (PAGE-XML 2019 or
+ALTO v4: the lines in order with their text, confidence, outline, baseline
+and words, located from the decoder's cross-attention; see line_location)
+and prints the path of each file written.
 --attention_dir writes <image name>.attention.png per image: the page with the
 decoder's cross-attention while it wrote each line, one colour per line.
 
@@ -34,12 +39,34 @@ import jax
 import numpy as np
 from PIL import Image, ImageOps
 
-from fphtr_jax import cli, confidence, inference, pixels, sharding, transcribe, visualize
+from fphtr_jax import (
+  cli,
+  confidence,
+  inference,
+  line_location,
+  page_export,
+  pixels,
+  sharding,
+  transcribe,
+  visualize,
+)
 from fphtr_jax.models import resnet
 from input_pipeline import common, image_io
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("format", "text", ["text", "json"], "Output format on stdout.")
+flags.DEFINE_enum(
+  "format",
+  "text",
+  ["text", "json", *page_export.FORMATS],
+  "text or json on stdout; pagexml or alto: one file per image in --output_dir.",
+)
+# evaluate.py has a flag of this name too; tools that import both share one.
+flags.DEFINE_string(
+  "output_dir",
+  None,
+  "Folder for the PAGE-XML or ALTO files (--format=pagexml|alto), made if missing.",
+  allow_override=True,
+)
 flags.DEFINE_string("attention_dir", None, "Folder for cross-attention pictures, one per image.")
 flags.DEFINE_float("scale", 1.0, "Scale applied to every image before it is fitted to the canvas.")
 flags.register_validator(
@@ -66,12 +93,18 @@ class Page:
     path: the file it came from.
     image: float32 [H, W, 1], normalised like the training pages.
     height, width: the size of the image on the canvas (its top-left part).
+    original: (height, width) of the image file; None = (height, width).
   """
 
   path: str
   image: np.ndarray
   height: int
   width: int
+  original: tuple[int, int] | None = None
+
+  @property
+  def original_size(self) -> tuple[int, int]:
+    return self.original or (self.height, self.width)
 
 
 def list_images(paths: list[str]) -> list[str]:
@@ -129,8 +162,9 @@ def load_page(
   scale: float = 1.0,
   max_pixels: int = image_io.DEFAULT_MAX_PIXELS,
 ) -> Page:
-  image, placed_h, placed_w = place_on_canvas(read_grey(path, max_pixels), height, width, scale)
-  return Page(path=path, image=image, height=placed_h, width=placed_w)
+  grey = read_grey(path, max_pixels)
+  image, placed_h, placed_w = place_on_canvas(grey, height, width, scale)
+  return Page(path=path, image=image, height=placed_h, width=placed_w, original=grey.shape[:2])
 
 
 # --- Recognition -----------------------------------------------------------------------
@@ -167,16 +201,81 @@ def recognise(run: inference.Run, pages: list[Page], *, with_attention: bool = F
   return texts, attentions
 
 
+def locate(run: inference.Run, page: Page, text: confidence.Transcription, attention):
+  """Its lines' `line_location.LineLocation`s, in the image file's pixels."""
+  return line_location.locate_lines(
+    attention,
+    text,
+    resnet.encoder_stride(run.config.model.encoder_last_stride),
+    page.image,
+    (page.height, page.width),
+    page.original_size,
+  )
+
+
+def output_name(path: str) -> str:
+  """The PAGE-XML / ALTO file of an image: <image stem>.xml."""
+  return os.path.splitext(os.path.basename(path))[0] + ".xml"
+
+
+def check_output_flags(output_format: str, output_dir: str | None):
+  """Raises CommandLineError unless --output_dir is given exactly when --format writes files."""
+  if output_format in page_export.FORMATS and not output_dir:
+    raise cli.CommandLineError(
+      f"--format={output_format} writes one file per image: give the folder, --output_dir=DIR."
+    )
+  if output_dir and output_format not in page_export.FORMATS:
+    raise cli.CommandLineError(
+      f"--output_dir is for --format=pagexml or alto; --format={output_format} "
+      "prints to stdout (leave --output_dir out, or pick one of those formats)."
+    )
+
+
+def check_output_names(paths: list[str]):
+  """Raises CommandLineError if two images would write the same <stem>.xml."""
+  seen = {}
+  for path in paths:
+    name = output_name(path)
+    if name in seen:
+      raise cli.CommandLineError(
+        f"{seen[name]} and {path} would both be written to {name} in --output_dir; "
+        "rename one of them or transcribe them in separate runs."
+      )
+    seen[name] = path
+
+
+def write_document(output_format: str, output_dir: str, page: Page, text, locations) -> str:
+  """Writes the page's PAGE-XML or ALTO file into `output_dir`; returns its path."""
+  height, width = page.original_size
+  tree = page_export.document(
+    output_format, os.path.basename(page.path), width, height, text, locations
+  )
+  path = os.path.join(output_dir, output_name(page.path))
+  page_export.write(tree, path)
+  return path
+
+
 def format_result(
-  path: str, text: confidence.Transcription | None, error: str | None, output_format: str
+  path: str,
+  text: confidence.Transcription | None,
+  error: str | None,
+  output_format: str,
+  locations=None,
 ) -> tuple[str, str]:
-  """(stdout, stderr) lines for one image: its transcription or its error."""
+  """(stdout, stderr) lines for one image: its transcription or its error.
+
+  `locations`: its lines' `line_location.LineLocation`s, for the boxes of
+  --format=json (left, top, right, bottom; right and bottom exclusive).
+  """
   if error is not None:
     if output_format == "json":
       return json.dumps({"path": path, "error": error}, ensure_ascii=False), f"error: {error}"
     return "", f"error: {error}"
   if output_format == "json":
-    return json.dumps({"path": path, **text.to_json()}, ensure_ascii=False), ""
+    result = {"path": path, **text.to_json()}
+    for line, location in zip(result["lines"], locations or ()):
+      line["box"] = list(location.box)
+    return json.dumps(result, ensure_ascii=False), ""
   header = f"==> {path} (confidence {text.confidence:.3f}, min {text.min_confidence:.3f}) <=="
   return header + "\n" + text.text, ""
 
@@ -184,11 +283,17 @@ def format_result(
 def main(argv):
   if len(argv) < 2:
     cli.fail("name at least one image file or folder to transcribe.")
+  writes_files = FLAGS.format in page_export.FORMATS
   try:
+    check_output_flags(FLAGS.format, FLAGS.output_dir)
     cli.check_config(FLAGS.config, word_bank=False)  # it reads images, renders no pages
     cli.check_checkpoint(FLAGS.workdir, FLAGS.checkpoint)
-    if FLAGS.attention_dir and jax.process_index() == 0:
-      cli.make_writable_dir(FLAGS.attention_dir, "attention_dir")
+    if writes_files:
+      check_output_names(list_images(argv[1:]))
+    if jax.process_index() == 0:
+      for flag in ("attention_dir", "output_dir"):
+        if FLAGS[flag].value:
+          cli.make_writable_dir(FLAGS[flag].value, flag)
   except cli.CommandLineError as error:
     cli.fail(str(error))
   d = FLAGS.config.data
@@ -202,15 +307,21 @@ def main(argv):
       errors[path] = str(e) if isinstance(e, UnreadableImage) else f"{path}: {e}"
   if not pages and not errors:
     cli.fail(f"no image files in {argv[1:]} (looked for {', '.join(IMAGE_EXTENSIONS)}).")
-  results = {}
+  results, written = {}, {}
   if pages:
     try:
       run = inference.restore_run(FLAGS.workdir, FLAGS.config, FLAGS.checkpoint)
     except (ValueError, OSError) as error:  # no such step, a damaged checkpoint, another shape
       cli.fail(str(error), status=1)
-    texts, attentions = recognise(run, pages, with_attention=bool(FLAGS.attention_dir))
+    with_locations = FLAGS.format != "text"
+    texts, attentions = recognise(
+      run, pages, with_attention=with_locations or bool(FLAGS.attention_dir)
+    )
     for page, text, attention in zip(pages, texts, attentions):
-      results[page.path] = text
+      locations = locate(run, page, text, attention) if with_locations else None
+      results[page.path] = text, locations
+      if writes_files and jax.process_index() == 0:
+        written[page.path] = write_document(FLAGS.format, FLAGS.output_dir, page, text, locations)
       if FLAGS.attention_dir:
         name = os.path.splitext(os.path.basename(page.path))[0] + ".attention.png"
         stride = resnet.encoder_stride(run.config.model.encoder_last_stride)
@@ -221,7 +332,12 @@ def main(argv):
   if jax.process_index() != 0:
     return 1 if errors else 0
   for path in list_images(argv[1:]):  # in the order given
-    out, err = format_result(path, results.get(path), errors.get(path), FLAGS.format)
+    text, locations = results.get(path, (None, None))
+    if writes_files:  # the files written, the errors on stderr
+      out = written.get(path, "")
+      err = f"error: {errors[path]}" if path in errors else ""
+    else:
+      out, err = format_result(path, text, errors.get(path), FLAGS.format, locations)
     if out:
       print(out)
     if err:

@@ -19,7 +19,6 @@ from typing import Any
 from absl import logging
 from clu import metric_writers, metrics, periodic_actions
 import flax
-from flax import traverse_util
 import flax.linen as nn
 from flax.training import train_state
 import jax
@@ -32,6 +31,8 @@ from fphtr_jax import (
   checkpointing,
   config_validation,
   evaluation,
+  finetune,
+  hparams,
   losses,
   optimizer,
   preemption,
@@ -147,7 +148,14 @@ def _micro_batches(batch, num_micro: int):
 
 
 def _all_finite(tree) -> jax.Array:
-  return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(tree)]))
+  """bool scalar: whether every entry of `tree` is finite.
+
+  Read off one global norm: it is finite exactly when every entry is, unless
+  it overflows float32 (entries beyond about 1e19, a diverged step, which is
+  then skipped too). A test per array, selected on, doubled the time XLA's
+  CPU backend takes to compile the train step.
+  """
+  return jnp.isfinite(optax.tree.norm(tree))
 
 
 def configured_train_step(config: ml_collections.ConfigDict):
@@ -162,6 +170,7 @@ def configured_train_step(config: ml_collections.ConfigDict):
     attention_loss_weight=t.attention_loss_weight,
     attention_sigma=t.attention_sigma,
     encoder_stride=resnet.encoder_stride(config.model.encoder_last_stride),
+    frozen_encoder="encoder" in tuple(t.freeze),
   )
 
 
@@ -176,6 +185,7 @@ def train_step(
   attention_loss_weight: float = 0.0,
   attention_sigma: float = 1.0,
   encoder_stride=(32, 32),
+  frozen_encoder: bool = False,
 ):
   """One optimizer step on a global batch; returns (new state, TrainMetrics).
 
@@ -195,6 +205,10 @@ def train_step(
   With attention_loss_weight > 0 the batch holds "glyph_centres" and the
   loss adds that weight times `attention_loss` of every decoder layer
   (averaged); `loss` in the metrics stays the token loss alone.
+
+  With frozen_encoder (train.freeze holds "encoder") the encoder runs as at
+  inference: BatchNorm with its running statistics, which stay as they are,
+  no dropout, and no gradient; the optimizer leaves its parameters alone.
   """
   dropout_rng = jax.random.fold_in(rng, state.step)
   total_weight = jnp.maximum(losses.split_batch(batch)[2].sum(), 1.0)
@@ -204,14 +218,23 @@ def train_step(
   def loss_fn(params, batch_stats, micro_batch, dropout_rng):
     inputs, targets, weights = losses.split_batch(micro_batch)
     images = micro_batch["image"]
-    logits, updates = state.apply_fn(
-      {"params": params, "batch_stats": batch_stats},
-      images,
-      inputs,
-      train=True,
-      rngs={"dropout": dropout_rng},
-      mutable=["batch_stats", "intermediates"] if guided else ["batch_stats"],
-    )
+    variables = {"params": params, "batch_stats": batch_stats}
+    mutable = ["batch_stats", "intermediates"] if guided else ["batch_stats"]
+    if frozen_encoder:
+      memory = state.apply_fn(variables, images, train=False, method=fphtr.FPHTR.encode)
+      logits, updates = state.apply_fn(
+        variables,
+        jax.lax.stop_gradient(memory),
+        inputs,
+        train=True,
+        rngs={"dropout": dropout_rng},
+        mutable=mutable,
+        method=fphtr.FPHTR.decode,
+      )
+    else:
+      logits, updates = state.apply_fn(
+        variables, images, inputs, train=True, rngs={"dropout": dropout_rng}, mutable=mutable
+      )
     loss, accuracy = losses.token_loss(logits, targets, weights, label_smoothing)
     guide = jnp.float32(0)
     if guided:
@@ -310,10 +333,21 @@ def _write_config(config, workdir: str):
     f.write(config.to_json_best_effort(indent=2))
 
 
-def _load_tokenizer(config, workdir: str, checkpointer) -> tokenizer_lib.Tokenizer:
-  """The config's vocabulary, checked against the checkpoints already in `workdir`."""
-  tokenizer = tokenizer_lib.Tokenizer(config.data.charset)
+def _load_tokenizer(
+  config, workdir: str, checkpointer, source: finetune.Source | None = None
+) -> tokenizer_lib.Tokenizer:
+  """The config's vocabulary, checked against the checkpoints already in `workdir`.
+
+  With train.init_from, the vocabulary of the run it started from (`source`,
+  or once the workdir has checkpoints, theirs) followed by the config's
+  characters that it lacks.
+  """
   saved = checkpointer.restore_vocab()
+  charset = config.data.charset
+  if config.train.init_from:
+    base = source.tokenizer if saved is None else saved
+    charset = finetune.merge_charsets(base.charset, charset)
+  tokenizer = tokenizer_lib.Tokenizer(charset)
   if saved is not None and saved != tokenizer:
     raise ValueError(
       f"The checkpoints in {workdir} were trained with data.charset={saved.charset!r}, "
@@ -360,14 +394,39 @@ def _train(config, workdir: str, mesh, stop: preemption.StopRequest):
   stop.watch_saves(
     lambda: checkpointer.latest.is_saving_in_progress() or checkpointer.best.is_saving_in_progress()
   )
-  tokenizer = _load_tokenizer(config, workdir, checkpointer)
+  datasets.resolve_charset(config)  # data.charset="auto": the saved vocabulary holds the characters
+  source = None
+  if config.train.init_from and checkpointer.latest_step() is None:
+    source = finetune.restore_source(config)
+  elif config.train.init_from:
+    logging.info(
+      "Resuming from the checkpoints in %s; train.init_from=%s is not read.",
+      workdir,
+      config.train.init_from,
+    )
+  tokenizer = _load_tokenizer(config, workdir, checkpointer, source)
+  # The data are tokenized by data.charset: it becomes a fine-tuning run's merged one.
+  if tokenizer.charset != config.data.charset:
+    config.data.charset = tokenizer.charset
 
   rng = jax.random.key(config.train.seed, impl=config.train.rng_impl)
   init_rng, dropout_rng = jax.random.split(rng)
   model = create_model(config, tokenizer)
+  if source is not None:  # before the model is compiled: another shape is refused at once
+    finetune.check_model(source, model, init_inputs(config), config)
   state, state_shardings = create_train_state(config, model, mesh, init_rng)
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
   logging.info("Model: %s encoder, %.2fM parameters.", config.model.encoder, num_params / 1e6)
+  if source is not None:
+    state = finetune.start_from_source(state, state_shardings, source, config)
+    logging.info(
+      "Starting from the %s checkpoint, step %d, of %s (vocabulary %d -> %d tokens).",
+      source.which,
+      source.step,
+      source.workdir,
+      source.tokenizer.vocab_size,
+      tokenizer.vocab_size,
+    )
 
   if checkpointer.latest_step() is not None:
     abstract = checkpointing.abstract_like(state, state_shardings)
@@ -402,8 +461,14 @@ def _train(config, workdir: str, mesh, stop: preemption.StopRequest):
   evaluator = evaluation.Evaluator(model, config, tokenizer, mesh)
 
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
-  if start_step == 0:
-    writer.write_hparams(_flat_hparams(config))
+  if is_main:  # at every (re)start: the hardware may have changed
+    run_hparams = hparams.write_run_hparams(workdir, config)
+    logging.info(
+      "Running on %d %s device(s) (%s).",
+      run_hparams["run.device_count"],
+      run_hparams["run.device_kind"],
+      run_hparams["run.backend"],
+    )
   num_steps = config.train.num_steps
   report_progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
   progress_bar = tqdm.tqdm(
@@ -491,8 +556,3 @@ def _train(config, workdir: str, mesh, stop: preemption.StopRequest):
   checkpointer.close()
   writer.close()
   return state
-
-
-def _flat_hparams(config) -> dict:
-  flat = traverse_util.flatten_dict(config.to_dict(), sep=".")
-  return {k: v for k, v in flat.items() if isinstance(v, (int, float, str, bool))}

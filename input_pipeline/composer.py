@@ -198,6 +198,8 @@ class SyntheticComposer:
       content_box: int32 [4] (top, left, bottom, right) around all words.
       glyph_centres: float32 [max_chars + 1, 2], (y, x) of each character of
         the text and then of <EOS> (see `_glyph_centres`).
+      line_boxes: int32 [max_lines, 4] (top, left, bottom, right), bottom/right
+        exclusive, around the words of each line; zeros past `num_lines`.
     """
     lay = self.layout
     height, width, word_height = lay.canvas_height, lay.canvas_width, lay.word_height
@@ -303,6 +305,18 @@ class SyntheticComposer:
     glyphs = self._glyph_centres(
       separators, chars, tf.gather(self.lengths, ids), gaps, tops, lefts, word_widths, num_words
     )
+    # Each line's box: the union of its words' boxes.
+    on_line = kept[None, :] & (lines[None, :] == tf.range(lay.max_lines, dtype=tf.int32)[:, None])
+    line_boxes = tf.stack(
+      [
+        tf.reduce_min(tf.where(on_line, boxes[None, :, 0], height), axis=1),
+        tf.reduce_min(tf.where(on_line, boxes[None, :, 1], width), axis=1),
+        tf.reduce_max(tf.where(on_line, boxes[None, :, 2], 0), axis=1),
+        tf.reduce_max(tf.where(on_line, boxes[None, :, 3], 0), axis=1),
+      ],
+      axis=1,
+    )
+    line_boxes = tf.where(tf.reduce_any(on_line, axis=1)[:, None], line_boxes, 0)
     return {
       "ink": ink,
       "text": text,
@@ -312,6 +326,7 @@ class SyntheticComposer:
       "num_lines": num_lines,
       "content_box": content_box,
       "glyph_centres": glyphs,
+      "line_boxes": line_boxes,
     }
 
   def _glyph_centres(self, separators, chars, lengths, gaps, tops, lefts, widths, num_words):

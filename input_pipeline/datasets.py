@@ -4,16 +4,17 @@ Every example is a pure function of (seed, example index): training starts at
 any step with the same examples an uninterrupted run would see there, and the
 batches are the same whatever the parallelism. Each process builds only its
 own share of every global batch. data.source picks where examples come from:
-"embedded" (synthetic pages from the font word bank, `sources.synthetic`) or
-"iam" (IAM mixed with synthetic pages of its words, `sources.iam`).
+"embedded" (synthetic pages from the font word bank, `sources.synthetic`),
+"iam" (IAM mixed with synthetic pages of its words, `sources.iam`) or "pages"
+(a folder of PAGE-XML, ALTO or image + text pages, `sources.pages`).
 """
 
 from absl import logging
 
 from input_pipeline import common
-from input_pipeline.sources import iam, synthetic
+from input_pipeline.sources import iam, pages, synthetic
 
-SOURCES = ("embedded", "iam")
+SOURCES = ("embedded", "iam", "pages")
 
 
 def check_source(data_config):
@@ -21,10 +22,21 @@ def check_source(data_config):
     raise ValueError(f"data.source={data_config.source!r} is not one of {SOURCES}.")
 
 
+def resolve_charset(config) -> str:
+  """data.charset="auto" -> the training split's characters, set in `config` (pages only).
+
+  Call it before the tokenizer is made: config.json and the saved vocabulary
+  then hold the characters themselves. Other charsets are left as they are.
+  """
+  return pages.resolve_charset(config)
+
+
 def create_datasets(
   config, *, process_index: int = 0, process_count: int = 1, start_step: int = 0, cache_dir=None
 ):
   """(train_ds, eval_ds) of per-process batches (use `.as_numpy_iterator()`).
+
+  data.charset="auto" is resolved in `config` first (`resolve_charset`).
 
   Batches are dicts:
     image: float32 [b, H, W, 1], normalised; blank paper = `fphtr_jax.pixels.PAPER`.
@@ -42,11 +54,17 @@ def create_datasets(
   eval_batch, _ = common.batch_sizes(config, "eval", process_count)
   check_source(config.data)
   shards = dict(process_index=process_index, process_count=process_count)
+  resolve_charset(config)
   if config.data.source == "iam":
     train_ds = iam.create_train_dataset(
       config, **shards, start_step=start_step, cache_dir=cache_dir
     )
     eval_ds = iam.create_eval_dataset(config, "validation", **shards)
+  elif config.data.source == "pages":
+    train_ds = pages.create_train_dataset(
+      config, **shards, start_step=start_step, cache_dir=cache_dir
+    )
+    eval_ds = pages.create_eval_dataset(config, "validation", **shards)
   else:
     train_bank, eval_bank = synthetic.load_banks(config, cache_dir)
     train_ds = synthetic.create_train_dataset(
@@ -86,6 +104,9 @@ def create_eval_dataset(
     raise ValueError(f"split={split!r} is not one of {tuple(common.EVAL_STREAMS)}.")
   check_source(config.data)
   shards = dict(process_index=process_index, process_count=process_count)
+  resolve_charset(config)
   if config.data.source == "iam":
     return iam.create_eval_dataset(config, split, **shards)
+  if config.data.source == "pages":
+    return pages.create_eval_dataset(config, split, **shards)
   return synthetic.create_eval_dataset(config, split, **shards, bank=bank, cache_dir=cache_dir)

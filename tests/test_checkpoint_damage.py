@@ -57,7 +57,10 @@ def abstract_state(config):
   tokenizer = tokenizer_lib.Tokenizer(config.data.charset)
   mesh = sharding.create_mesh(config.mesh)
   state, shardings = train.create_train_state(
-    config, train.create_model(config, tokenizer), mesh, jax.random.key(0)
+    config,
+    train.create_model(config, tokenizer),
+    mesh,
+    jax.random.key(0, impl=config.train.rng_impl),
   )
   return state, checkpointing.abstract_like(state, shardings)
 

@@ -252,14 +252,14 @@ def test_predict_fits_an_image_like_training_does(tmp_path, shape):
   import tensorflow as tf
 
   from configs import tiny
-  from input_pipeline.sources import iam as iam_source
+  from input_pipeline.sources import real as real_source
 
   d = tiny.get_config().data  # a 32 x 128 canvas
   grey = np.random.default_rng(sum(shape)).integers(0, 256, shape, dtype=np.uint8)
   path = tmp_path / "page.png"
   Image.fromarray(grey).save(path)
   page = predict.load_page(str(path), d.image_height, d.image_width)
-  example = iam_source.make_real_example(d, (0, 0), augment=False)(
+  example = real_source.make_real_example(d, (0, 0), augment=False)(
     tf.constant(0, tf.int64), tf.constant(path.read_bytes()), tf.constant("a")
   )
   assert page.image.shape == (d.image_height, d.image_width, 1)

@@ -156,9 +156,7 @@ def test_sinusoidal_tables():
 def test_encoder_output_shape(name, height, width):
   encoder = resnet.ImageEncoder(encoder=name, width=8, d_model=32)
   images = jnp.zeros((2, height, width, 1))
-  memory, variables = jax.eval_shape(
-    lambda: encoder.init_with_output(jax.random.key(0), images, train=False)
-  )
+  memory, variables = jax.eval_shape(lambda: encoder.init_with_output(_key(0), images, train=False))
   # Every stride-2 layer rounds up, like 'SAME' padding.
   assert memory.shape == (2, math.ceil(height / 32) * math.ceil(width / 32), 32)
   assert memory.dtype == jnp.float32
@@ -175,15 +173,13 @@ def test_encoder_output_shape(name, height, width):
 def test_encoder_last_stride_refines_the_grid(last_stride):
   encoder = resnet.ImageEncoder(width=8, d_model=32, last_stride=last_stride)
   images = jnp.zeros((2, 64, 128, 1))
-  memory, variables = jax.eval_shape(
-    lambda: encoder.init_with_output(jax.random.key(0), images, train=False)
-  )
+  memory, variables = jax.eval_shape(lambda: encoder.init_with_output(_key(0), images, train=False))
   stride_h, stride_w = resnet.encoder_stride(last_stride)
   assert (stride_h, stride_w) == (16 * last_stride[0], 16 * last_stride[1])
   assert memory.shape == (2, (64 // stride_h) * (128 // stride_w), 32)
   # Same parameters as torchvision's trunk: only the stride changes.
   default = jax.eval_shape(
-    lambda: resnet.ImageEncoder(width=8, d_model=32).init(jax.random.key(0), images, train=False)
+    lambda: resnet.ImageEncoder(width=8, d_model=32).init(_key(0), images, train=False)
   )
   assert jax.tree.map(lambda a: a.shape, variables) == jax.tree.map(lambda a: a.shape, default)
 
@@ -191,7 +187,7 @@ def test_encoder_last_stride_refines_the_grid(last_stride):
 def test_blank_paper_has_no_frame():
   encoder = resnet.ImageEncoder(width=8, d_model=32, dropout_rate=0.0)
   page = jnp.full((1, 64, 128, 1), pixels.PAPER)
-  memory, _ = encoder.init_with_output(jax.random.key(0), page, train=False)
+  memory, _ = jax.jit(lambda rng: encoder.init_with_output(rng, page, train=False))(_key(0))
   # Paper is 0 inside the trunk, like the convolutions' zero padding: no
   # feature anywhere, at the edges neither; only the position encoding remains.
   np.testing.assert_allclose(
@@ -220,9 +216,7 @@ def test_encoder_runs(tiny):
 def test_resnet_trunk_matches_torchvision_parameter_count(name, block, expected):
   block_cls, stage_sizes = resnet.RESNETS[name]
   trunk = resnet.ResNet(block_cls, stage_sizes, width=64)
-  shapes = jax.eval_shape(
-    lambda: trunk.init(jax.random.key(0), jnp.zeros((1, 64, 64, 1)), train=False)
-  )
+  shapes = jax.eval_shape(lambda: trunk.init(_key(0), jnp.zeros((1, 64, 64, 1)), train=False))
   assert _torchvision_trunk_count(block, stage_sizes) == expected
   assert _count(shapes["params"]) == expected
   # Running mean and variance for every BN channel, outside "params".
@@ -232,9 +226,7 @@ def test_resnet_trunk_matches_torchvision_parameter_count(name, block, expected)
 
 def test_encoder_projection_parameter_count():
   encoder = resnet.ImageEncoder(encoder="resnet18", width=64, d_model=260)
-  shapes = jax.eval_shape(
-    lambda: encoder.init(jax.random.key(0), jnp.zeros((1, 64, 64, 1)), train=False)
-  )
+  shapes = jax.eval_shape(lambda: encoder.init(_key(0), jnp.zeros((1, 64, 64, 1)), train=False))
   projection = nn.unbox(shapes["params"]["projection"])
   assert projection["kernel"].shape == (512, 260)
   assert _count(shapes["params"]) == _count(shapes["params"]["resnet"]) + 512 * 260 + 260

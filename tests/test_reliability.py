@@ -161,17 +161,25 @@ def test_a_nan_batch_is_skipped_and_counted(tiny_config):
   tokenizer = tokenizer_lib.Tokenizer(tiny_config.data.charset)
   mesh = sharding.create_mesh(tiny_config.mesh)
   model = train.create_model(tiny_config, tokenizer)
-  state, _ = train.create_train_state(tiny_config, model, mesh, jax.random.key(0))
+  state, _ = train.create_train_state(
+    tiny_config, model, mesh, jax.random.key(0, impl=tiny_config.train.rng_impl)
+  )
   batch = next(datasets.create_datasets(tiny_config)[0].as_numpy_iterator())
   poisoned = dict(batch, image=batch["image"].copy())
   poisoned["image"][0, 3, 5, 0] = np.nan
   step = _train_step_fn(tiny_config)
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.logical_rules(tiny_config.mesh)):
-    state, _ = step(state, sharding.put_batch(batch, mesh), jax.random.key(1))
+    state, _ = step(
+      state, sharding.put_batch(batch, mesh), jax.random.key(1, impl=tiny_config.train.rng_impl)
+    )
     before = jax.tree.map(np.asarray, state)
-    state, bad_metrics = step(state, sharding.put_batch(poisoned, mesh), jax.random.key(1))
+    state, bad_metrics = step(
+      state, sharding.put_batch(poisoned, mesh), jax.random.key(1, impl=tiny_config.train.rng_impl)
+    )
     skipped = jax.tree.map(np.asarray, state)
-    state, good_metrics = step(state, sharding.put_batch(batch, mesh), jax.random.key(1))
+    state, good_metrics = step(
+      state, sharding.put_batch(batch, mesh), jax.random.key(1, impl=tiny_config.train.rng_impl)
+    )
 
   # The poisoned step changed nothing but the step and the counters.
   _assert_states_equal(

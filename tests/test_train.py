@@ -49,7 +49,7 @@ def test_loss_decreases_on_a_repeated_batch(tiny_config):
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.logical_rules(tiny_config.mesh)):
     global_batch = sharding.put_batch(batch, mesh)
     for _ in range(25):
-      state, metrics = step(state, global_batch, jax.random.key(1))
+      state, metrics = step(state, global_batch, jax.random.key(1, impl=tiny_config.train.rng_impl))
       losses.append(float(metrics.compute()["loss"]))
   assert np.isfinite(losses).all()
   assert losses[-1] < 0.7 * losses[0], losses
@@ -64,7 +64,9 @@ def test_checkpoint_restores_bit_identically(tiny_config, tmp_path):
   step = jax.jit(functools.partial(train.train_step, label_smoothing=0.0, schedule=schedule))
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.logical_rules(tiny_config.mesh)):
     state, _ = step(
-      state, sharding.put_batch(next(train_ds.as_numpy_iterator()), mesh), jax.random.key(1)
+      state,
+      sharding.put_batch(next(train_ds.as_numpy_iterator()), mesh),
+      jax.random.key(1, impl=tiny_config.train.rng_impl),
     )
 
   checkpointer = checkpointing.Checkpointer(str(tmp_path), tiny_config.checkpoint)
@@ -204,9 +206,9 @@ def test_guided_attention_learns_where_to_look(tiny_config):
     # The reported loss is the token loss alone, as without guidance. (The
     # batch without glyph centres compiles to the step other tests compiled.)
     plain_batch = {k: v for k, v in global_batch.items() if k != "glyph_centres"}
-    _, plain = unguided(state, plain_batch, jax.random.key(1))
+    _, plain = unguided(state, plain_batch, jax.random.key(1, impl=tiny_config.train.rng_impl))
     for _ in range(20):
-      state, metrics = step(state, global_batch, jax.random.key(1))
+      state, metrics = step(state, global_batch, jax.random.key(1, impl=tiny_config.train.rng_impl))
       history.append(metrics.compute())
   np.testing.assert_allclose(history[0]["loss"], plain.compute()["loss"], rtol=1e-5)
   assert float(plain.compute()["attention_loss"]) == 0.0

@@ -5,7 +5,6 @@ prepared once from data.iam_dir into data.iam_tfds_dir; texts are checked
 against data.charset from the IAM files before any example is read.
 """
 
-from absl import logging
 import numpy as np
 import tensorflow as tf
 
@@ -13,54 +12,7 @@ from input_pipeline import common
 from input_pipeline import composer as composer_lib
 from input_pipeline.iam import reader
 from input_pipeline.iam import word_bank as iam_word_bank
-from input_pipeline.sources import synthetic
-
-# Third stream of the stateless seeds: which training examples are synthetic.
-_MIX_STREAM = 3
-
-
-def synthetic_choice(seed: int, index, synthetic_proba: float):
-  """bool scalar: whether example `index` (int64) is synthetic; a pure function of both."""
-  u = tf.random.stateless_uniform(
-    [],
-    tf.random.experimental.stateless_fold_in(tf.constant([seed, _MIX_STREAM], tf.int64), index),
-    alg="philox",
-  )
-  return u < synthetic_proba
-
-
-def make_real_example(data_config, seed: tuple[int, int], *, augment: bool):
-  """Returns (index, png, text) -> {"image": [H, W, 1] f32, "tokens": [T] i32, "text"}.
-
-  The grey image (png: tf.string, 1 channel, paper white) goes onto the
-  canvas at the top left, shrunk to fit if it is larger than the canvas
-  (`common.fit_to_canvas`).
-  """
-  tokenize = common.make_tokenize(data_config.charset, int(data_config.max_len))
-  height, width = int(data_config.image_height), int(data_config.image_width)
-  level, max_rotation = data_config.level, float(data_config.max_rotation)
-
-  def example(index, png, text):
-    example_seed = tf.random.experimental.stateless_fold_in(tf.constant(seed, tf.int64), index)
-    _, warp_seed, photometric_seed = tf.unstack(
-      tf.random.experimental.stateless_split(example_seed, num=3)
-    )
-    grey = tf.cast(tf.io.decode_png(png, channels=1)[:, :, 0], tf.float32) / 255.0
-    canvas, placed_height, placed_width = common.fit_to_canvas(grey, height, width)
-    content_box = tf.stack([0, 0, placed_height, placed_width])
-    # As ink (0 = paper): the warp fills what it uncovers with 0.
-    image = common.ink_to_image(
-      255.0 * (1.0 - canvas),
-      content_box,
-      warp_seed,
-      photometric_seed,
-      level=level,
-      augment=augment,
-      max_rotation=max_rotation,
-    )
-    return {"image": image, "tokens": tokenize(text), "text": text}
-
-  return example
+from input_pipeline.sources import real, synthetic
 
 
 def prepare_iam(data_config):
@@ -87,8 +39,6 @@ def iam_records(config, split: str, builder=None) -> tuple[tf.data.Dataset, int]
   Raises ValueError naming the record with a character outside data.charset
   (unless data.skip_unknown_chars) or a text longer than data.max_len allows.
   """
-  import tensorflow_datasets as tfds
-
   data = config.data
   options = reader.options_from_config(data)
   builder = builder or prepare_iam(data)
@@ -102,46 +52,20 @@ def iam_records(config, split: str, builder=None) -> tuple[tf.data.Dataset, int]
       f"The IAM {split} split has no {data.level} that data.charset can write "
       f"(data.iam_dir={options.iam_dir})."
     )
-  wanted = tf.lookup.StaticHashTable(
-    tf.lookup.KeyValueTensorInitializer(
-      tf.constant([r.id for r in kept]), tf.ones([len(kept)], tf.int32)
-    ),
-    default_value=0,
-  )
-  ds = builder.as_dataset(
-    split=split,
-    shuffle_files=False,
-    decoders={"image": tfds.decode.SkipDecoding()},
-    read_config=tfds.ReadConfig(interleave_cycle_length=1),
-  )
-  ds = ds.filter(lambda x: wanted.lookup(x["id"]) > 0)
-  ds = ds.map(lambda x: (x["image"], x["text"]))
-  count = int(ds.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
-  if count == 0:
-    raise ValueError(f"The prepared IAM {split} split holds no readable {data.level} image.")
-  return ds, count
+  return real.builder_records(builder, split, [r.id for r in kept], f"IAM {data.level}")
 
 
 def create_train_dataset(
   config, *, process_index: int, process_count: int, start_step: int, cache_dir=None
 ) -> tf.data.Dataset:
-  """IAM's training split, mixed with synthetic examples from its words.
+  """IAM's training split, mixed with synthetic examples (`real.create_train_dataset`).
 
-  Global example g is synthetic with probability data.synthetic_proba
-  (`synthetic_choice`), composed from the IAM training words; otherwise it is
-  the g-th record of a stream that reshuffles the split every epoch with a
-  seed of its own, so a run resumed at any step sees the same examples.
+  Synthetic examples (data.synthetic_proba of them) are composed from the IAM training words.
   """
   data = config.data
-  batch, global_batch = common.batch_sizes(config, "train", process_count)
-  seed = int(config.train.seed)
-  proba = float(data.synthetic_proba)
-  if not 0.0 <= proba <= 1.0:
-    raise ValueError(f"data.synthetic_proba={proba} must be in [0, 1].")
-  augment = bool(data.augment)
   records, count = iam_records(config, "train")
-  real_example = make_real_example(data, (seed, common.TRAIN_STREAM), augment=augment)
-  if proba > 0.0:
+  synthetic_example = None
+  if real.check_synthetic_proba(data) > 0.0:
     bank = iam_word_bank.load_iam_word_bank(
       reader.options_from_config(data),
       int(data.word_height),
@@ -151,69 +75,27 @@ def create_train_dataset(
     )
     common.check_texts(np.unique(bank.texts), data, source="IAM training word bank")
     synthetic_example = synthetic.make_synthetic_example(
-      composer_lib.SyntheticComposer(bank, data), data, (seed, common.TRAIN_STREAM), augment=augment
+      composer_lib.SyntheticComposer(bank, data),
+      data,
+      (int(config.train.seed), common.TRAIN_STREAM),
+      augment=bool(data.augment),
     )
-
-  def features(index, record):
-    png, text = record
-    if proba <= 0.0:
-      chosen = real_example(index, png, text)
-    else:
-      chosen = tf.cond(
-        synthetic_choice(seed, index, proba),
-        lambda: {k: v for k, v in synthetic_example(index).items() if k != "text"},
-        lambda: {k: v for k, v in real_example(index, png, text).items() if k != "text"},
-      )
-    return {
-      "image": chosen["image"],
-      "tokens": chosen["tokens"],
-      "mask": tf.constant(1.0, tf.float32),
-    }
-
-  first = start_step * global_batch
-  stream = tf.data.Dataset.range(first // count, tf.int64.max).flat_map(
-    lambda epoch: records.shuffle(count, seed=seed * 1_000_003 + epoch)
+  return real.create_train_dataset(
+    config,
+    records,
+    count,
+    synthetic_example,
+    process_index=process_index,
+    process_count=process_count,
+    start_step=start_step,
   )
-  stream = stream.skip(first % count)
-  ds = tf.data.Dataset.zip(tf.data.Dataset.counter(first, dtype=tf.int64), stream)
-  # Every process reads the whole stream and keeps its slice of each global batch.
-  ds = ds.batch(global_batch, drop_remainder=True)
-  ds = ds.map(
-    lambda i, r: tf.nest.map_structure(
-      lambda x: x[process_index * batch : (process_index + 1) * batch], (i, r)
-    )
-  )
-  ds = ds.unbatch()
-  logging.info("IAM %ss: %d training records, synthetic_proba %.2f.", data.level, count, proba)
-  return common.batch_examples(ds, features, batch, data)
 
 
 def create_eval_dataset(
   config, split: str, *, process_index: int, process_count: int
 ) -> tf.data.Dataset:
   """The first eval.num_examples records of IAM's `split` (all if fewer), padded with mask 0."""
-  data = config.data
-  batch, global_batch = common.batch_sizes(config, "eval", process_count)
   records, count = iam_records(config, split)
-  num_examples = min(int(config.eval.num_examples), count)
-  total = -(-num_examples // global_batch) * global_batch
-  example = make_real_example(
-    data, (int(config.train.seed), common.EVAL_STREAMS[split]), augment=False
+  return real.create_eval_dataset(
+    config, records, count, split, process_index=process_index, process_count=process_count
   )
-  padding = common.padding_example(data)
-  blank_records = tf.data.Dataset.from_tensors((tf.constant(b""), tf.constant(b""))).repeat(
-    total - num_examples
-  )
-  ds = tf.data.Dataset.zip(
-    tf.data.Dataset.range(total), records.take(num_examples).concatenate(blank_records)
-  )
-  # Global example g is in slot g % global_batch of its batch; slots are dealt
-  # to processes in runs of `batch`, as in `common.global_index`.
-  ds = ds.filter(lambda g, _: (g % global_batch) // batch == process_index)
-
-  def features(index, record):
-    real = index < num_examples
-    chosen = tf.cond(real, lambda: example(index, *record), lambda: dict(padding, text=record[1]))
-    return {"image": chosen["image"], "tokens": chosen["tokens"], "mask": tf.cast(real, tf.float32)}
-
-  return common.batch_examples(ds, features, batch, data, num_batches=total // global_batch)

@@ -43,12 +43,16 @@ def make_synthetic_example(
   augment: bool,
   global_batch: int = 0,
   glyph_centres: bool = False,
+  line_boxes: bool = False,
 ):
   """Returns example index (int64 scalar) -> a dict of
     image: float32 [H, W, 1]; tokens: int32 [T]; text: tf.string;
     glyph_centres (only if asked): float32 [T - 1, 2], (y, x) in image pixels
       of each target token (tokens[1:]): every character and <EOS>, where the
       augmented image shows it; zero for padding.
+    line_boxes (only if asked, and only without `augment`): int32 [max_lines,
+      4] (top, left, bottom, right) in image pixels, bottom/right exclusive,
+      around each line's words; zeros past the last line.
 
   With `global_batch` > 0 and data.curriculum_steps > 0, an example's page
   holds at most `curriculum_max_words` of its step (index // global_batch):
@@ -56,6 +60,8 @@ def make_synthetic_example(
   A share data.single_line_pages of them (training only) is instead one line
   of data.words_per_line words, so that a page may also end after one line.
   """
+  if line_boxes and augment:
+    raise ValueError("line_boxes are the unwarped layout's: ask for them with augment=False.")
   tokenize = common.make_tokenize(data_config.charset, int(data_config.max_len))
   level = composer.layout.level
   max_rotation = float(data_config.max_rotation)
@@ -105,6 +111,8 @@ def make_synthetic_example(
         )
       is_token = features["tokens"][1:] != tokenizer_lib.PAD_ID
       features["glyph_centres"] = tf.where(is_token[:, None], glyphs, 0.0)
+    if line_boxes:
+      features["line_boxes"] = composed["line_boxes"]
     return features
 
   return example
@@ -141,11 +149,21 @@ def create_train_dataset(
 
 
 def create_eval_dataset(
-  config, split: str, *, process_index: int, process_count: int, bank=None, cache_dir=None
+  config,
+  split: str,
+  *,
+  process_index: int,
+  process_count: int,
+  bank=None,
+  cache_dir=None,
+  line_boxes: bool = False,
 ) -> tf.data.Dataset:
   """The fixed evaluation set of `split`, composed from the eval `bank` (see datasets).
 
   bank: the eval word bank; None = `load_bank(config, "eval", cache_dir)`.
+  line_boxes: add each page's true line boxes, int32 [b, max_lines, 4]
+    (`make_synthetic_example`; zeros for padding pages), e.g. to score line
+    locations. The other features are the same either way.
   """
   batch, global_batch = common.batch_sizes(config, "eval", process_count)
   bank = load_bank(config, "eval", cache_dir) if bank is None else bank
@@ -156,6 +174,7 @@ def create_eval_dataset(
     config.data,
     (int(config.train.seed), common.EVAL_STREAMS[split]),
     augment=False,
+    line_boxes=line_boxes,
   )
   padding = common.padding_example(config.data)
 
@@ -163,11 +182,14 @@ def create_eval_dataset(
     index = common.global_index(local, batch, global_batch, process_index)
     real = index < num_examples
     chosen = example(tf.minimum(index, num_examples - 1))
-    return {
+    result = {
       "image": tf.where(real, chosen["image"], padding["image"]),
       "tokens": tf.where(real, chosen["tokens"], padding["tokens"]),
       "mask": tf.cast(real, tf.float32),
     }
+    if line_boxes:
+      result["line_boxes"] = tf.where(real, chosen["line_boxes"], 0)
+    return result
 
   ds = tf.data.Dataset.range(num_batches * batch)
   return common.batch_examples(ds, features, batch, config.data)

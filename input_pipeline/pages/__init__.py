@@ -1,0 +1,1 @@
+"""Folders of transcribed pages: PAGE-XML, ALTO, image + text pairs; their TFDS builder."""
