@@ -85,6 +85,7 @@ def create_train_dataset(
     records,
     count,
     synthetic_example,
+    name="IAM",
     process_index=process_index,
     process_count=process_count,
     start_step=start_step,

@@ -97,6 +97,7 @@ def create_train_dataset(
   count: int,
   synthetic_example=None,
   *,
+  name: str,
   process_index: int,
   process_count: int,
   start_step: int,
@@ -107,7 +108,7 @@ def create_train_dataset(
   data.synthetic_proba (`synthetic_choice`; None = real records only);
   otherwise it is the g-th record of a stream that reshuffles the split every
   epoch with a seed of its own, so a run resumed at any step sees the same
-  examples.
+  examples. `name` names the source in the log.
   """
   data = config.data
   batch, global_batch = common.batch_sizes(config, "train", process_count)
@@ -145,7 +146,7 @@ def create_train_dataset(
     )
   )
   ds = ds.unbatch()
-  logging.info("%d training %ss, synthetic_proba %.2f.", count, data.level, proba)
+  logging.info("%s %ss: %d training records, synthetic_proba %.2f.", name, data.level, count, proba)
   return common.batch_examples(ds, features, batch, data)
 
 
