@@ -98,15 +98,12 @@ def train_command(workdir, cache_dir, *overrides) -> list[str]:
   ]
 
 
-def wait_for(predicate, process, log_path, interval=0.02, hang_guard_s=1800):
-  """Polls until `predicate` holds; fails if the run ends first.
+def wait_for(predicate, process, log_path, interval=0.02):
+  """Polls until `predicate` holds; fails with the run's log if the run ends first.
 
-  `hang_guard_s` only keeps a run that never gets there (a long run that
-  missed its signal, say) from holding up the suite; it is not a speed check.
+  The runs train for a finite number of steps, so one that never gets there
+  ends, and the test fails, rather than hanging.
   """
-  give_up = time.monotonic() + hang_guard_s
   while not predicate():
     assert process.poll() is None, log_path.read_text()[-3000:]
-    if time.monotonic() > give_up:
-      pytest.fail(f"the run never got there; its log ends: {log_path.read_text()[-3000:]}")
     time.sleep(interval)

@@ -90,12 +90,7 @@ def check_options(options: Options):
     raise ValueError(f"data.iam_scale={options.scale} must be in (0, 1].")
   if options.split not in SPLIT_SCHEMES:
     raise ValueError(f"data.iam_split={options.split!r} is not one of {SPLIT_SCHEMES}.")
-  fractions = options.split_fractions
-  if len(fractions) != 3 or min(fractions) < 0 or not np.isclose(sum(fractions), 1.0):
-    raise ValueError(
-      f"data.iam_split_fractions={fractions} must be 3 fractions (train, "
-      "validation, test) >= 0 that sum to 1."
-    )
+  check_split_fractions(options.split_fractions, "data.iam_split_fractions")
   if options.bad_image not in BAD_IMAGE_POLICIES:
     raise ValueError(
       f"data.iam_bad_image={options.bad_image!r} is not one of {BAD_IMAGE_POLICIES}."
@@ -337,6 +332,14 @@ def aachen_split_ids() -> dict[str, frozenset]:
     text = (folder / f"{split}.uttlist").read_text()
     splits[split] = frozenset(line.strip() for line in text.splitlines() if line.strip())
   return splits
+
+
+def check_split_fractions(fractions, field: str):
+  """Raises ValueError naming `field` unless `fractions` are 3 shares >= 0 that sum to 1."""
+  if len(fractions) != 3 or min(fractions) < 0 or not np.isclose(sum(fractions), 1.0):
+    raise ValueError(
+      f"{field}={fractions} must be 3 fractions (train, validation, test) >= 0 that sum to 1."
+    )
 
 
 def random_split_ids(form_ids, seed: int, fractions) -> dict[str, frozenset]:

@@ -116,12 +116,7 @@ def check_options(options: Options):
     raise ValueError(f"data.level={options.level!r} is not one of {LEVELS}.")
   if not options.scale > 0.0:
     raise ValueError(f"data.pages_scale={options.scale} must be positive (1.0 = as scanned).")
-  fractions = options.split_fractions
-  if len(fractions) != 3 or min(fractions) < 0 or not np.isclose(sum(fractions), 1.0):
-    raise ValueError(
-      f"data.split_fractions={fractions} must be 3 fractions (train, validation, test) "
-      ">= 0 that sum to 1."
-    )
+  iam_reader.check_split_fractions(options.split_fractions, "data.split_fractions")
   if options.unicode_normalization not in NORMALIZATIONS:
     raise ValueError(
       f"data.unicode_normalization={options.unicode_normalization!r} is not one of "
