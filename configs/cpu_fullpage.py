@@ -106,7 +106,12 @@ def get_config(arg=None):
   config.data.words_per_line = (4, 9)  # the curriculum starts at 4 words
   config.data.words_per_form = (16, 40)  # full pages: 3 or 4 lines
   config.data.max_len = 160
-  config.data.single_line_pages = 0.1  # lone lines too, not only pages
+  config.data.single_line_pages = 0.15  # lone lines too, not only pages
+  config.data.single_word_pages = 0.05  # and lone words
+  # Text from 0.6x to 1.15x the word height: a wide real page shrunk to fit
+  # the canvas, or a scan read at another size, is still read.
+  config.data.scale_range = (0.6, 1.15)
+  config.data.scan_look = 0.5  # half the training pages look like scans
   config.data.heldout_fonts = HELDOUT_FONTS
   config.data.extra_fonts = ",".join(EXTRA_FONTS)
 

@@ -57,6 +57,7 @@ def get_config(arg=None):
   # Share of training pages written as a single line of words_per_line words,
   # so that a model of pages also learns where a one-line page ends.
   config.data.single_line_pages = 0.0
+  config.data.single_word_pages = 0.0  # and of pages of a single word
   # Page layout, (lo, hi) in pixels at a word height of 40 px (IAM at half
   # resolution: the reference recipe's full-resolution numbers halved); scaled
   # by word_height / 40. Page margins also shrink to at most 1/8 of the canvas.
@@ -67,6 +68,13 @@ def get_config(arg=None):
   config.data.augment = True
   # Largest random rotation, degrees; also limited by the room around the text.
   config.data.max_rotation = 2.0
+  # Random scale of the text on training pages, (lo, hi); below 1 also reads
+  # text smaller than data.word_height (a wide page shrunk to fit the canvas).
+  config.data.scale_range = (0.9, 1.1)
+  # Share of training pages given the look of a scan of real writing (ink
+  # from pencil to pen, varying strokes, ruled or grey paper, uneven light,
+  # bleed-through, blur, JPEG): augment.scan_look.
+  config.data.scan_look = 0.0
   # Embedded handwriting source. Unset = the pip-installed fonts / word list.
   # font_paths: TTF/OTF files or folders, comma-separated ("hershey:NAME" for
   # a Hershey stroke font, "fontpkg:NAME" for a pip-installed fontpkg family);

@@ -447,6 +447,23 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
     ) from None
 
 
+def load_model_config(model_dir: str) -> ml_collections.ConfigDict:
+  """The config of the exported model in `model_dir`, or CommandLineError."""
+  from fphtr_jax import inference  # pylint: disable=g-import-not-at-top
+
+  if not os.path.isdir(model_dir):
+    raise CommandLineError(f"--model={model_dir}: no such folder; give an exported model folder.")
+  if not inference.is_model_dir(model_dir):
+    raise CommandLineError(
+      f"--model={model_dir} has no {inference.WEIGHTS_FILENAME}: it is not a model folder "
+      "(python -m fphtr_jax.export writes them; a training run's workdir goes to --workdir)."
+    )
+  try:
+    return inference.load_config(model_dir)
+  except (ValueError, OSError) as error:
+    raise CommandLineError(str(error), status=1) from None
+
+
 @_flags_parser
 def parse_flags_with_run_config(argv: list[str]) -> list[str]:
   """absl flags parser: --config is the saved config of --workdir's run, then parses.
@@ -455,12 +472,22 @@ def parse_flags_with_run_config(argv: list[str]) -> list[str]:
   checked against that field's type. Mistakes are one line on stderr and exit
   status 2.
   """
-  workdir = flag_value(argv, "workdir")
+  workdir, model = flag_value(argv, "workdir"), flag_value(argv, "model")
   asks_help = any(arg in HELP_FLAGS for arg in argv[1:])
-  if workdir is None and not asks_help:
-    raise CommandLineError("--workdir is required: the workdir of a training run.")
+  if workdir is not None and model is not None:
+    raise CommandLineError(
+      "--workdir and --model both name a model: give one, a training run's workdir or an "
+      "exported model folder."
+    )
+  if workdir is None and model is None and not asks_help:
+    raise CommandLineError(
+      "--workdir is required: the workdir of a training run (or --model=DIR, an exported model)."
+    )
   # Without a workdir an empty config is enough to print the help.
-  config = ml_collections.ConfigDict() if workdir is None else load_run_config(workdir)
+  if model is not None:
+    config = load_model_config(model)
+  else:
+    config = ml_collections.ConfigDict() if workdir is None else load_run_config(workdir)
   try:
     config_flags.DEFINE_config_dict(
       CONFIG_FLAG,

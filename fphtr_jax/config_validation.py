@@ -128,6 +128,19 @@ def validate_config(config: ml_collections.ConfigDict):
     "a share in [0, 1]",
   )
   require(
+    0 <= d.single_word_pages <= 1 - d.single_line_pages,
+    "data.single_word_pages",
+    d.single_word_pages,
+    "a share in [0, 1 - data.single_line_pages]",
+  )
+  require(0 <= d.scan_look <= 1, "data.scan_look", d.scan_look, "a share in [0, 1]")
+  require(
+    len(d.scale_range) == 2 and 0 < d.scale_range[0] <= d.scale_range[1],
+    "data.scale_range",
+    d.scale_range,
+    "a range (lo, hi) with 0 < lo <= hi",
+  )
+  require(
     d.max_image_pixels > 0,
     "data.max_image_pixels",
     d.max_image_pixels,

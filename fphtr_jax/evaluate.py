@@ -2,8 +2,10 @@ r"""Scores a trained checkpoint, or every kept one, on an evaluation split.
 
   python -m fphtr_jax.evaluate --workdir=W [--checkpoint=latest|best|STEP|all] \
       [--every=N] [--split=validation|test] [--config.decode.beam_size=4] [--output_dir=DIR]
+  python -m fphtr_jax.evaluate --model=DIR [--split=...]   # an exported model (export)
 
-The run's config and vocabulary come from its workdir and checkpoint; any
+The run's config and vocabulary come from its workdir and checkpoint (or the
+model folder, whose evaluations go to DIR/evaluations/ by default); any
 field can be overridden with --config.section.field=value. Writes into
 --output_dir (default W/evaluations/<split>_<checkpoint>_step<N>[_beam<K>]):
 
@@ -240,15 +242,19 @@ def main(argv):
         f"--every={FLAGS.every} goes with --checkpoint=all (every kept checkpoint), "
         f"not --checkpoint={FLAGS.checkpoint}."
       )
-    # --checkpoint=all reads the latest checkpoints' folder.
-    cli.check_checkpoint(FLAGS.workdir, "latest" if history else FLAGS.checkpoint)
+    if FLAGS.model and history:
+      raise cli.CommandLineError(
+        "--checkpoint=all scores a training run's checkpoints: give its --workdir, not --model."
+      )
+    if not FLAGS.model:  # --checkpoint=all reads the latest checkpoints' folder.
+      cli.check_checkpoint(FLAGS.workdir, "latest" if history else FLAGS.checkpoint)
     # Before hours of decoding: the folder the results go to. The default one
     # in the workdir is made only when the results are written.
     if is_main and FLAGS.output_dir:
       cli.make_writable_dir(FLAGS.output_dir, "output_dir")
     elif is_main:
       cli.check_writable_dir(
-        os.path.join(FLAGS.workdir, "evaluations"),
+        os.path.join(FLAGS.workdir or FLAGS.model, "evaluations"),
         hint="; pass --output_dir=DIR to write the results elsewhere",
       )
   except cli.CommandLineError as error:
@@ -257,14 +263,16 @@ def main(argv):
     evaluate_all(is_main)
     return
   try:
-    run = inference.restore_run(FLAGS.workdir, FLAGS.config, FLAGS.checkpoint)
+    run = inference.open_run(FLAGS.config)
   except (ValueError, OSError) as error:  # no such step, a damaged checkpoint, another shape
     cli.fail(str(error), status=1)
   summary, predictions, pages = evaluate_split(
     run, FLAGS.split, num_images=int(run.config.eval.num_images)
   )
   if is_main:
-    output_dir = FLAGS.output_dir or default_output_dir(FLAGS.workdir, run, FLAGS.split)
+    output_dir = FLAGS.output_dir or default_output_dir(
+      FLAGS.workdir or FLAGS.model, run, FLAGS.split
+    )
     write_results(output_dir, summary, predictions, pages)
     logging.info("Wrote %d predictions to %s.", len(predictions), output_dir)
     print(json.dumps({**summary, "output_dir": output_dir}))

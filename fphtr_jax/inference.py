@@ -2,8 +2,11 @@
 
 Shared by `evaluate` and `predict`. A run's workdir holds the resolved config
 (config.json, also inside every checkpoint), the vocabulary and the Orbax
-checkpoints; `restore_run` rebuilds the model from them. The command lines of
-both tools take `--config.section.field=value` overrides of that saved config
+checkpoints; `restore_run` rebuilds the model from them. An exported model
+folder (`fphtr_jax.export`: config.json, vocab.json, weights.msgpack) is read
+by `load_model`; the tools take it as `--model=DIR` instead of `--workdir`
+(`open_run`). The command lines of both tools take
+`--config.section.field=value` overrides of the saved config
 (`--config.decode.beam_size=4`), parsed by `cli.parse_flags_with_run_config`.
 """
 
@@ -15,9 +18,11 @@ from typing import Any, Callable
 
 from absl import flags, logging
 import flax
+from flax import traverse_util
 import flax.linen as nn
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 
 from configs import default as default_config
@@ -26,6 +31,9 @@ from fphtr_jax import tokenizer as tokenizer_lib
 
 FLAGS = flags.FLAGS
 CONFIG_FILENAME = "config.json"
+# An exported model folder (fphtr_jax.export): these two beside config.json and vocab.json.
+WEIGHTS_FILENAME = "weights.msgpack"
+MODEL_INFO_FILENAME = "model.json"
 
 
 # Flags of both command lines; --config is defined once the workdir is known
@@ -33,6 +41,9 @@ CONFIG_FILENAME = "config.json"
 # for train.init_from, has a --workdir of its own.
 if "workdir" not in FLAGS:
   flags.DEFINE_string("workdir", None, "Workdir of a training run (config, checkpoints).")
+flags.DEFINE_string(
+  "model", None, "An exported model folder (python -m fphtr_jax.export), instead of --workdir."
+)
 flags.DEFINE_string(
   "checkpoint",
   "latest",
@@ -295,3 +306,79 @@ def _restore_step(workdir: str, checkpointer, which: str, step: int, config, mes
     ),
   )["state"]
   return model, restored, tokenizer
+
+
+def is_model_dir(path: str) -> bool:
+  """Whether `path` is an exported model folder (it has weights.msgpack)."""
+  return os.path.isfile(os.path.join(path, WEIGHTS_FILENAME))
+
+
+def load_model(model_dir: str, config: ml_collections.ConfigDict) -> Run:
+  """The exported model in `model_dir` (fphtr_jax.export), on the mesh of config.mesh.
+
+  Args:
+    model_dir: the folder: weights.msgpack, config.json, vocab.json, model.json.
+    config: its config (`load_config(model_dir)`), possibly with overrides;
+      those of the fields that fix the model's shapes must match its own.
+
+  Raises:
+    ValueError: `config` has another model shape, or the weights do not fit it.
+    OSError: a file of the folder cannot be read.
+  """
+  config_validation.validate_config(config)
+  config_validation.check_against_checkpoint(
+    config, read_config_file(os.path.join(model_dir, CONFIG_FILENAME)), model_dir
+  )
+  mesh = sharding.create_mesh(config.mesh)
+  sharding.check_batch_size(config.eval.batch_size, mesh, "eval.batch_size")
+  tokenizer = tokenizer_lib.Tokenizer.load(model_dir)
+  model = train.create_model(config, tokenizer)
+  images, tokens = train.init_inputs(config)
+  rules = sharding.logical_rules(config.mesh)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    boxed = jax.eval_shape(
+      lambda: model.init({"params": jax.random.key(0)}, images, tokens, train=False)
+    )
+    shardings = sharding.logical_to_shardings(boxed, mesh, rules)
+  path = os.path.join(model_dir, WEIGHTS_FILENAME)
+  with open(path, "rb") as f:
+    saved = flax.serialization.msgpack_restore(f.read())
+  restored = {}
+  for name in ("params", "batch_stats"):
+    if name not in boxed:
+      continue
+    wanted = traverse_util.flatten_dict(nn.unbox(boxed[name]))
+    found = traverse_util.flatten_dict(saved.get(name, {}))
+    for key in sorted(wanted.keys() ^ found.keys()):
+      where = "missing from the file" if key in wanted else "not in the model of its config"
+      raise ValueError(f"{path}: {name} {'/'.join(key)} is {where}.")
+    for key, want in wanted.items():
+      if tuple(found[key].shape) != tuple(want.shape):
+        raise ValueError(
+          f"{path}: {name} {'/'.join(key)} has shape {tuple(found[key].shape)}, the model "
+          f"of its config {tuple(want.shape)}."
+        )
+    values = {key: np.asarray(found[key]).astype(want.dtype) for key, want in wanted.items()}
+    restored[name] = jax.device_put(traverse_util.unflatten_dict(values), shardings[name])
+  with open(os.path.join(model_dir, MODEL_INFO_FILENAME), encoding="utf-8") as f:
+    step = int(json.load(f).get("step", 0))
+  logging.info("Loaded the exported model of step %d from %s.", step, model_dir)
+  state = InferenceState(
+    apply_fn=model.apply, params=restored["params"], batch_stats=restored.get("batch_stats", {})
+  )
+  return Run(
+    config=config,
+    model=model,
+    state=state,
+    tokenizer=tokenizer,
+    step=step,
+    which="model",
+    mesh=mesh,
+  )
+
+
+def open_run(config: ml_collections.ConfigDict) -> Run:
+  """The tools' run: --model's exported model, else --workdir's --checkpoint."""
+  if FLAGS.model:
+    return load_model(FLAGS.model, config)
+  return restore_run(FLAGS.workdir, config, FLAGS.checkpoint)

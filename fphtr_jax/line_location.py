@@ -27,7 +27,8 @@ guided-attention recipes train it to). So:
 Everything is mapped from the canvas the model read back to the original
 image: the page sits at the canvas's top-left, scaled by placed size /
 original size (predict's --scale and canvas fitting), and every coordinate
-is clipped to the image.
+is clipped to the image. A page cut from a larger image (predict crops a
+scan to its text) goes back into it with `LineLocation.shifted`.
 
 Coordinates are pixels, x to the right and y down. A box is (left, top,
 right, bottom) with right and bottom exclusive; polygon and baseline points
@@ -69,6 +70,12 @@ class WordLocation:
   polygon: list[tuple[int, int]]
   char_span: tuple[int, int]
 
+  def shifted(self, dx: int, dy: int) -> "WordLocation":
+    """The word moved `dx` pixels right and `dy` down."""
+    return dataclasses.replace(
+      self, box=_shift_box(self.box, dx, dy), polygon=_shift_points(self.polygon, dx, dy)
+    )
+
 
 @dataclasses.dataclass
 class LineLocation:
@@ -86,6 +93,25 @@ class LineLocation:
   polygon: list[tuple[int, int]]
   baseline: list[tuple[int, int]]
   words: list[WordLocation]
+
+  def shifted(self, dx: int, dy: int) -> "LineLocation":
+    """The line and its words moved `dx` pixels right and `dy` down: from a crop's pixels
+    to those of the image it was cut from at (left, top) = (dx, dy)."""
+    return LineLocation(
+      _shift_box(self.box, dx, dy),
+      _shift_points(self.polygon, dx, dy),
+      _shift_points(self.baseline, dx, dy),
+      [word.shifted(dx, dy) for word in self.words],
+    )
+
+
+def _shift_box(box: tuple[int, int, int, int], dx: int, dy: int) -> tuple[int, int, int, int]:
+  left, top, right, bottom = box
+  return left + dx, top + dy, right + dx, bottom + dy
+
+
+def _shift_points(points: list[tuple[int, int]], dx: int, dy: int) -> list[tuple[int, int]]:
+  return [(x + dx, y + dy) for x, y in points]
 
 
 def grid_size(canvas_shape: tuple[int, int], stride: tuple[int, int]) -> tuple[int, int]:

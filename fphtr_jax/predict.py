@@ -1,26 +1,33 @@
 r"""Transcribes page images with a trained checkpoint.
 
   python -m fphtr_jax.predict --workdir=W page.png scans/ [--format=text|json|pagexml|alto] \
-      [--output_dir=DIR] [--checkpoint=latest|best|STEP] [--attention_dir=DIR] [--scale=1.0] \
-      [--config.decode.beam_size=4]
+      [--output_dir=DIR] [--checkpoint=latest|best|STEP] [--attention_dir=DIR] \
+      [--scale=auto|0.5] [--noprepare] [--config.decode.beam_size=4]
 
 Arguments are image files or folders (their PNG, JPEG and TIFF files, sorted).
-Any size and colour: an image is converted to grey, scaled by --scale, shrunk
+Any size and colour: an image is converted to grey and prepared like the
+training pages (`input_pipeline.scan`): its paper flattened to white (uneven
+lighting and paper tone divided out, the darkest ink made black) and the image
+cropped to its text, with a margin of half a word. It is then scaled, shrunk
 to fit the model's canvas (data.image_height x data.image_width) if still
 larger, and placed at its top-left corner on blank paper, where the training
 pages put their text. Training pages are rendered at a word height of
-data.word_height pixels: --scale brings other scans near that size (IAM scans
-at 300 dpi want 0.5 for the IAM configs).
+data.word_height pixels: --scale=auto (the default) measures the height of the
+writing and scales it to that size; a number forces the scale instead (IAM
+scans at 300 dpi want about 0.5 for the IAM configs). --noprepare reads the
+image as it is, only scaled and fitted (auto then still measures its writing).
 
 --format=text prints each image's path, its confidence and its text;
 --format=json prints one JSON object per image: path, text, confidence,
-min_confidence, log_prob and its lines, each with its confidences and its
-box in the image's pixels. Confidences are token probabilities under the
-model: the mean and the minimum over a page or line. --format=pagexml or
-alto writes <image stem>.xml per image into --output_dir (PAGE-XML 2019 or
-ALTO v4: the lines in order with their text, confidence, outline, baseline
-and words, located from the decoder's cross-attention; see line_location)
-and prints the path of each file written.
+min_confidence, log_prob, its lines, each with its confidences and its box in
+the image's pixels, the scale the image was placed at, the height of its
+writing in its pixels as measured (text_height, null without ink) and the crop
+read ([left, top, right, bottom] in its pixels). Confidences are token
+probabilities under the model: the mean and the minimum over a page or line.
+--format=pagexml or alto writes <image stem>.xml per image into --output_dir
+(PAGE-XML 2019 or ALTO v4: the lines in order with their text, confidence,
+outline, baseline and words, located from the decoder's cross-attention; see
+line_location) and prints the path of each file written.
 --attention_dir writes <image name>.attention.png per image: the page with the
 decoder's cross-attention while it wrote each line, one colour per line.
 
@@ -51,7 +58,7 @@ from fphtr_jax import (
   visualize,
 )
 from fphtr_jax.models import resnet
-from input_pipeline import common, image_io
+from input_pipeline import common, image_io, scan
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum(
@@ -68,11 +75,21 @@ flags.DEFINE_string(
   allow_override=True,
 )
 flags.DEFINE_string("attention_dir", None, "Folder for cross-attention pictures, one per image.")
-flags.DEFINE_float("scale", 1.0, "Scale applied to every image before it is fitted to the canvas.")
+flags.DEFINE_string(
+  "scale",
+  "auto",
+  "Scale applied to every image before it is fitted to the canvas: auto (its writing at "
+  "data.word_height) or a number.",
+)
 flags.register_validator(
   "scale",
-  lambda scale: 0 < scale and math.isfinite(scale),
-  message="expected a number above 0 (1 keeps an image's size, 0.5 halves it)",
+  lambda scale: parse_scale(scale) is not None,
+  message="expected auto or a number above 0 (1 keeps an image's size, 0.5 halves it)",
+)
+flags.DEFINE_bool(
+  "prepare",
+  True,
+  "Flatten the paper and crop to the text before scaling (--noprepare: the image as it is).",
 )
 flags.register_validator(
   "attention_dir", lambda path: path is None or bool(path), message="expected a folder"
@@ -94,6 +111,11 @@ class Page:
     image: float32 [H, W, 1], normalised like the training pages.
     height, width: the size of the image on the canvas (its top-left part).
     original: (height, width) of the image file; None = (height, width).
+    crop: (top, left, bottom, right) of the part of the file on the canvas,
+      bottom and right exclusive; None = all of it.
+    scale: the scale it was placed at (canvas pixels per pixel of the file).
+    text_height: its writing's height in the file's pixels (`scan.text_height`),
+      None when not measured or without ink.
   """
 
   path: str
@@ -101,10 +123,18 @@ class Page:
   height: int
   width: int
   original: tuple[int, int] | None = None
+  crop: tuple[int, int, int, int] | None = None
+  scale: float = 1.0
+  text_height: float | None = None
 
   @property
   def original_size(self) -> tuple[int, int]:
     return self.original or (self.height, self.width)
+
+  @property
+  def crop_box(self) -> tuple[int, int, int, int]:
+    """(top, left, bottom, right) of the part of the file on the canvas."""
+    return self.crop or (0, 0, *self.original_size)
 
 
 def list_images(paths: list[str]) -> list[str]:
@@ -155,16 +185,83 @@ def place_on_canvas(
   return np.asarray(pixels.normalize(canvas), np.float32), int(placed_h), int(placed_w)
 
 
+def parse_scale(scale: float | str) -> float | str | None:
+  """The scale "auto", or one above 0 (a number or its text) as a float; None if neither."""
+  if scale == "auto":
+    return scale
+  try:
+    value = float(scale)
+  except (TypeError, ValueError):
+    return None
+  return value if 0 < value and math.isfinite(value) else None
+
+
 def load_page(
   path: str,
   height: int,
   width: int,
-  scale: float = 1.0,
+  scale: float | str = 1.0,
   max_pixels: int = image_io.DEFAULT_MAX_PIXELS,
+  *,
+  word_height: float | None = None,
+  prepare: bool = True,
 ) -> Page:
+  """Reads an image file and places it on a `height` x `width` canvas.
+
+  Args:
+    path: the image file.
+    height, width: the model's canvas.
+    scale: "auto" (its writing scaled to `word_height`, `scan.auto_scale`) or
+      a scale above 0; a number or its text, as --scale takes it.
+    max_pixels: the largest image read.
+    word_height: the model's data.word_height; needed for scale="auto".
+    prepare: flatten its paper and crop it to its text first (`scan.prepare`);
+      False places the image as it is.
+
+  Raises:
+    UnreadableImage: see `read_grey`.
+    ValueError: a scale that is neither "auto" nor above 0, or "auto" without
+      a word height.
+  """
+  chosen = parse_scale(scale)
+  if chosen is None:
+    raise ValueError(f"scale={scale!r}: expected auto or a number above 0.")
+  if chosen == "auto" and word_height is None:
+    raise ValueError("scale='auto' needs the model's word height (data.word_height).")
   grey = read_grey(path, max_pixels)
-  image, placed_h, placed_w = place_on_canvas(grey, height, width, scale)
-  return Page(path=path, image=image, height=placed_h, width=placed_w, original=grey.shape[:2])
+  original = grey.shape[:2]
+  crop, writing = (0, 0, *original), None
+  if prepare:
+    prepared = scan.prepare(grey, word_height, (height, width), chosen)
+    grey, crop, chosen, writing = prepared.grey, prepared.box, prepared.scale, prepared.text_height
+  elif chosen == "auto":
+    writing = scan.text_height(scan.flatten_paper(grey))
+    chosen = scan.auto_scale(writing, word_height)
+  image, placed_h, placed_w = place_on_canvas(grey, height, width, chosen)
+  return Page(
+    path=path,
+    image=image,
+    height=placed_h,
+    width=placed_w,
+    original=original,
+    crop=crop,
+    scale=min(chosen, height / grey.shape[0], width / grey.shape[1]),
+    text_height=writing,
+  )
+
+
+def load_config_page(path: str, config, scale: float | str, prepare: bool) -> Page:
+  """`load_page` onto the canvas of `config` (its data.image_height/width and word_height)."""
+  d = config.data
+  return load_page(
+    path,
+    int(d.image_height),
+    int(d.image_width),
+    scale,
+    d.max_image_pixels,
+    word_height=float(d.word_height),
+    prepare=prepare,
+  )
 
 
 # --- Recognition -----------------------------------------------------------------------
@@ -203,14 +300,16 @@ def recognise(run: inference.Run, pages: list[Page], *, with_attention: bool = F
 
 def locate(run: inference.Run, page: Page, text: confidence.Transcription, attention):
   """Its lines' `line_location.LineLocation`s, in the image file's pixels."""
-  return line_location.locate_lines(
+  top, left, bottom, right = page.crop_box
+  locations = line_location.locate_lines(
     attention,
     text,
     resnet.encoder_stride(run.config.model.encoder_last_stride),
     page.image,
     (page.height, page.width),
-    page.original_size,
+    (bottom - top, right - left),
   )
+  return [location.shifted(dx=left, dy=top) for location in locations]
 
 
 def output_name(path: str) -> str:
@@ -261,11 +360,14 @@ def format_result(
   error: str | None,
   output_format: str,
   locations=None,
+  page: Page | None = None,
 ) -> tuple[str, str]:
   """(stdout, stderr) lines for one image: its transcription or its error.
 
   `locations`: its lines' `line_location.LineLocation`s, for the boxes of
   --format=json (left, top, right, bottom; right and bottom exclusive).
+  `page`: the image as it was placed, for the scale, text_height and crop
+  (left, top, right, bottom) of --format=json.
   """
   if error is not None:
     if output_format == "json":
@@ -275,6 +377,11 @@ def format_result(
     result = {"path": path, **text.to_json()}
     for line, location in zip(result["lines"], locations or ()):
       line["box"] = list(location.box)
+    if page is not None:
+      top, left, bottom, right = page.crop_box
+      result["scale"] = round(page.scale, 6)
+      result["text_height"] = page.text_height
+      result["crop"] = [left, top, right, bottom]
     return json.dumps(result, ensure_ascii=False), ""
   header = f"==> {path} (confidence {text.confidence:.3f}, min {text.min_confidence:.3f}) <=="
   return header + "\n" + text.text, ""
@@ -287,7 +394,8 @@ def main(argv):
   try:
     check_output_flags(FLAGS.format, FLAGS.output_dir)
     cli.check_config(FLAGS.config, word_bank=False)  # it reads images, renders no pages
-    cli.check_checkpoint(FLAGS.workdir, FLAGS.checkpoint)
+    if not FLAGS.model:
+      cli.check_checkpoint(FLAGS.workdir, FLAGS.checkpoint)
     if writes_files:
       check_output_names(list_images(argv[1:]))
     if jax.process_index() == 0:
@@ -296,13 +404,10 @@ def main(argv):
           cli.make_writable_dir(FLAGS[flag].value, flag)
   except cli.CommandLineError as error:
     cli.fail(str(error))
-  d = FLAGS.config.data
   pages, errors = [], {}
   for path in list_images(argv[1:]):
     try:
-      pages.append(
-        load_page(path, int(d.image_height), int(d.image_width), FLAGS.scale, d.max_image_pixels)
-      )
+      pages.append(load_config_page(path, FLAGS.config, FLAGS.scale, FLAGS.prepare))
     except (UnreadableImage, OSError) as e:
       errors[path] = str(e) if isinstance(e, UnreadableImage) else f"{path}: {e}"
   if not pages and not errors:
@@ -310,7 +415,7 @@ def main(argv):
   results, written = {}, {}
   if pages:
     try:
-      run = inference.restore_run(FLAGS.workdir, FLAGS.config, FLAGS.checkpoint)
+      run = inference.open_run(FLAGS.config)
     except (ValueError, OSError) as error:  # no such step, a damaged checkpoint, another shape
       cli.fail(str(error), status=1)
     with_locations = FLAGS.format != "text"
@@ -319,7 +424,7 @@ def main(argv):
     )
     for page, text, attention in zip(pages, texts, attentions):
       locations = locate(run, page, text, attention) if with_locations else None
-      results[page.path] = text, locations
+      results[page.path] = text, locations, page
       if writes_files and jax.process_index() == 0:
         written[page.path] = write_document(FLAGS.format, FLAGS.output_dir, page, text, locations)
       if FLAGS.attention_dir:
@@ -332,12 +437,12 @@ def main(argv):
   if jax.process_index() != 0:
     return 1 if errors else 0
   for path in list_images(argv[1:]):  # in the order given
-    text, locations = results.get(path, (None, None))
+    text, locations, page = results.get(path, (None, None, None))
     if writes_files:  # the files written, the errors on stderr
       out = written.get(path, "")
       err = f"error: {errors[path]}" if path in errors else ""
     else:
-      out, err = format_result(path, text, errors.get(path), FLAGS.format, locations)
+      out, err = format_result(path, text, errors.get(path), FLAGS.format, locations, page)
     if out:
       print(out)
     if err:

@@ -3,7 +3,11 @@
 One projective warp does random scale (+-10%), rotation, for pages a
 perspective warp (corners moved by 3-5% of the text's size) and random
 placement on the canvas; then brightness/contrast and, on half of the images,
-Gaussian noise. The warp is built around the box that holds the text and
+Gaussian noise. `scan_look` (data.scan_look) makes a clean page look like a
+scan of real writing first: ink from pencil grey to black, stroke width that
+varies along the strokes, ruled paper, bleed-through from the other side,
+grey or yellowed paper with texture and uneven lighting, blur and JPEG
+artefacts. The warp is built around the box that holds the text and
 always keeps that box on the canvas (shrinking it if it must, like
 albumentations' SafeRotate), so no word of the target is ever cut off;
 rotation is also limited by the room around the text so that a long line is
@@ -53,7 +57,14 @@ def _apply(matrix, points):
 
 
 def warp_matrix(
-  content_box, canvas_shape, seed, *, max_rotation: float, perspective: bool, random_placement: bool
+  content_box,
+  canvas_shape,
+  seed,
+  *,
+  max_rotation: float,
+  perspective: bool,
+  random_placement: bool,
+  scale_range: tuple[float, float] = SCALE_RANGE,
 ) -> tf.Tensor:
   """float64 [3, 3] projective map from input to output pixel coordinates (x, y).
 
@@ -63,6 +74,7 @@ def warp_matrix(
     canvas_shape: (H, W).
     seed: int [2], stateless seed.
     max_rotation: largest rotation, degrees.
+    scale_range: (lo, hi) of the random scale of the text.
     perspective: whether to move the corners of the text (pages).
     random_placement: move the text anywhere on the canvas; else keep it where
       it is as far as the canvas allows.
@@ -74,7 +86,7 @@ def warp_matrix(
   centre_x, centre_y = (left + right - 1.0) / 2.0, (top + bottom - 1.0) / 2.0
   half_w, half_h = (right - left) / 2.0, (bottom - top) / 2.0
 
-  scale = _uniform(seeds[0], *SCALE_RANGE)
+  scale = _uniform(seeds[0], *scale_range)
   room_y = height - 2.0 * half_h * scale
   room_x = width - 2.0 * half_w * scale
   limit = tf.minimum(
@@ -172,3 +184,109 @@ def photometric(grey, seed) -> tf.Tensor:
     lambda: grey,
   )
   return tf.clip_by_value(grey, 0.0, 1.0)
+
+
+# --- The look of a scan ------------------------------------------------------------
+
+INK_LEVEL_RANGE = (0.45, 1.0)  # darkest ink: pencil grey (or blue pen in grey) to black
+PAPER_RANGE = (0.72, 1.0)  # grey level of the paper: grey or yellowed to white
+LIGHTING_RANGE = (0.0, 0.25)  # fall of the light across the page
+TEXTURE_STD_RANGE = (0.0, 0.03)  # blotchy paper, grey levels
+BLUR_SIGMA_RANGE = (0.0, 1.2)  # pixels
+RULED_PROBABILITY = 0.25
+RULED_PITCH_RANGE = (36.0, 64.0)  # pixels between ruled lines
+RULED_LEVEL_RANGE = (0.08, 0.3)
+BLEED_PROBABILITY = 0.2
+BLEED_LEVEL_RANGE = (0.04, 0.15)
+STROKE_PROBABILITY = 0.5  # of strokes that thicken and thin along the way
+JPEG_PROBABILITY = 0.3
+JPEG_QUALITY_RANGE = (30, 90)
+
+
+def _smooth_noise(seed, shape, cells: tuple[int, int]) -> tf.Tensor:
+  """float32 `shape` of standard normal values on a coarse grid, bilinearly interpolated."""
+  grid = tf.random.stateless_normal([1, cells[0], cells[1], 1], seed, alg="philox")
+  return tf.image.resize(grid, shape, method="bilinear")[0, :, :, 0]
+
+
+def _blur(grey, sigma) -> tf.Tensor:
+  """Gaussian blur of float32 [H, W] with a (tensor) sigma in pixels; 0 = unchanged."""
+  taps = tf.range(-3.0, 4.0)
+  kernel = tf.exp(-0.5 * tf.square(taps / tf.maximum(sigma, 1e-3)))
+  kernel = kernel / tf.reduce_sum(kernel)
+  image = grey[None, :, :, None]
+  image = tf.nn.conv2d(image, tf.reshape(kernel, [7, 1, 1, 1]), 1, "SAME")
+  image = tf.nn.conv2d(image, tf.reshape(kernel, [1, 7, 1, 1]), 1, "SAME")
+  # Where the kernel overhangs the page, SAME pads with 0 (ink): re-weight.
+  ones = tf.ones_like(grey)[None, :, :, None]
+  weight = tf.nn.conv2d(ones, tf.reshape(kernel, [7, 1, 1, 1]), 1, "SAME")
+  weight = tf.nn.conv2d(weight, tf.reshape(kernel, [1, 7, 1, 1]), 1, "SAME")
+  return (image / weight)[0, :, :, 0]
+
+
+def _maybe(seed, probability: float, then, otherwise):
+  return tf.cond(_uniform(seed, 0.0, 1.0) < probability, then, otherwise)
+
+
+def scan_look(grey, seed) -> tf.Tensor:
+  """float32 grey [H, W] in [0, 1] (paper = 1) made to look like a scan of real writing.
+
+  In order: the ink's darkness, a stroke width that varies along the strokes,
+  ruled lines and bleed-through from the page's back, the paper's grey level,
+  texture and lighting, blur, and JPEG artefacts, each at random strength.
+  """
+  height, width = grey.shape
+  seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=16)
+  ink = 1.0 - grey
+
+  # Thicker here, thinner there: a smooth field picks dilated or eroded ink.
+  def vary_stroke():
+    thick = tf.nn.max_pool2d(ink[None, :, :, None], 3, 1, "SAME")[0, :, :, 0]
+    thin = -tf.nn.max_pool2d(-ink[None, :, :, None], 3, 1, "SAME")[0, :, :, 0]
+    field = tf.clip_by_value(_smooth_noise(seeds[1], [height, width], (6, 12)), -1.0, 1.0)
+    # Thinning only half way: a thin stroke fades but does not vanish.
+    return tf.where(field > 0, ink + field * (thick - ink), ink - 0.5 * field * (thin - ink))
+
+  ink = _maybe(seeds[0], STROKE_PROBABILITY, vary_stroke, lambda: ink)
+  ink = ink * _uniform(seeds[2], *INK_LEVEL_RANGE, dtype=tf.float32)
+
+  def ruled():
+    pitch = _uniform(seeds[4], *RULED_PITCH_RANGE, dtype=tf.float32)
+    phase = _uniform(seeds[5], 0.0, 1.0, dtype=tf.float32) * pitch
+    rows = tf.range(height, dtype=tf.float32)
+    distance = tf.abs(tf.math.floormod(rows - phase + pitch / 2, pitch) - pitch / 2)
+    line = tf.maximum(0.0, 1.0 - distance)[:, None] * tf.ones([1, width])
+    return line * _uniform(seeds[6], *RULED_LEVEL_RANGE, dtype=tf.float32)
+
+  def bleed():
+    back = _blur(tf.reverse(ink, axis=[1]), 2.0)
+    return back * _uniform(seeds[8], *BLEED_LEVEL_RANGE, dtype=tf.float32)
+
+  zeros = lambda: tf.zeros_like(ink)  # noqa: E731
+  marks = _maybe(seeds[3], RULED_PROBABILITY, ruled, zeros)
+  marks += _maybe(seeds[7], BLEED_PROBABILITY, bleed, zeros)
+  ink = 1.0 - (1.0 - ink) * (1.0 - tf.clip_by_value(marks, 0.0, 1.0))
+
+  # The paper: its grey level, a blotchy texture and light falling off one way.
+  paper = _uniform(seeds[9], *PAPER_RANGE, dtype=tf.float32)
+  texture = _smooth_noise(seeds[10], [height, width], (16, 32)) * _uniform(
+    seeds[11], *TEXTURE_STD_RANGE, dtype=tf.float32
+  )
+  angle = _uniform(seeds[12], 0.0, 2.0 * math.pi, dtype=tf.float32)
+  ys = tf.linspace(-0.5, 0.5, height)[:, None]
+  xs = tf.linspace(-0.5, 0.5, width)[None, :]
+  lighting = 1.0 - _uniform(seeds[13], *LIGHTING_RANGE, dtype=tf.float32) * (
+    0.5 + tf.cos(angle) * xs + tf.sin(angle) * ys
+  )
+  grey = (paper + texture) * lighting * (1.0 - ink)
+  grey = _blur(grey, _uniform(seeds[14], *BLUR_SIGMA_RANGE, dtype=tf.float32))
+  grey = tf.clip_by_value(grey, 0.0, 1.0)
+
+  def jpeg():
+    quality_seed = tf.cast(seeds[15] % (2**31 - 1), tf.int32)
+    return tf.image.stateless_random_jpeg_quality(
+      grey[:, :, None], JPEG_QUALITY_RANGE[0], JPEG_QUALITY_RANGE[1], quality_seed
+    )[:, :, 0]
+
+  grey = _maybe(seeds[15][::-1], JPEG_PROBABILITY, jpeg, lambda: grey)
+  return tf.ensure_shape(tf.clip_by_value(grey, 0.0, 1.0), [height, width])

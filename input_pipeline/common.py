@@ -87,28 +87,34 @@ def ink_to_grey(ink) -> tf.Tensor:
   return 1.0 - tf.cast(ink, tf.float32) / 255.0
 
 
-def warp_options(level: str, max_rotation: float) -> dict:
-  """The keyword arguments of `augment.warp` for data.level and data.max_rotation."""
+def warp_options(data_config, level: str) -> dict:
+  """The keyword arguments of `augment.warp` for data.level, data.max_rotation, data.scale_range."""
   return dict(
-    max_rotation=max_rotation, perspective=level == "form", random_placement=level == "form"
+    max_rotation=float(data_config.max_rotation),
+    scale_range=tuple(float(s) for s in data_config.scale_range),
+    perspective=level == "form",
+    random_placement=level == "form",
   )
 
 
-def ink_to_image(
-  ink, content_box, warp_seed, photometric_seed, *, level: str, augment: bool, max_rotation: float
-):
+def ink_to_image(ink, content_box, warp_seed, photometric_seed, *, data_config, level, augment):
   """Ink [H, W] (uint8 or float32, 0 = paper, 255 = full ink) -> normalised float32 [H, W, 1].
 
-  With `augment`, the reference augmentations: a warp around `content_box`
+  With `augment`, the training augmentations: a warp around `content_box`
   (int32 [4], top, left, bottom, right) that keeps the text on the canvas,
-  then brightness/contrast and noise.
+  on a share data.scan_look of the images the look of a scan, then
+  brightness/contrast and noise.
   """
-  if augment:
-    ink = augment_lib.warp(ink, content_box, warp_seed, **warp_options(level, max_rotation))
-    grey = augment_lib.photometric(ink_to_grey(ink), photometric_seed)
-  else:
-    grey = ink_to_grey(ink)
-  return pixels.normalize(grey)
+  if not augment:
+    return pixels.normalize(ink_to_grey(ink))
+  ink = augment_lib.warp(ink, content_box, warp_seed, **warp_options(data_config, level))
+  grey = ink_to_grey(ink)
+  scan_share = float(data_config.scan_look)
+  if scan_share > 0:
+    scan_seed = tf.random.experimental.stateless_fold_in(tf.cast(photometric_seed, tf.int64), 1)
+    chosen = tf.random.stateless_uniform([], scan_seed[::-1]) < scan_share
+    grey = tf.cond(chosen, lambda: augment_lib.scan_look(grey, scan_seed), lambda: grey)
+  return pixels.normalize(augment_lib.photometric(grey, photometric_seed))
 
 
 def fit_to_canvas(grey, height: int, width: int, scale: float = 1.0):

@@ -106,7 +106,7 @@ def test_training_command_line_mistakes(tmp_path, args, names):
 
 def test_predict_refuses_a_scale_of_zero(run_workdir, page):
   result = _run("fphtr_jax.predict", f"--workdir={run_workdir}", "--scale=0", page)
-  _assert_refused(result, "--scale=0.0", "above 0")
+  _assert_refused(result, "--scale=0", "above 0")
   assert result.stdout == ""
 
 

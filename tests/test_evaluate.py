@@ -191,6 +191,8 @@ def test_predict_a_folder_with_a_corrupt_and_an_empty_file(trained_tiny_workdir,
     f"--workdir={trained_tiny_workdir}",
     "--format=json",
     f"--attention_dir={attention_dir}",
+    "--noprepare",  # the images as they are, like the pipeline's below
+    "--scale=1",
     str(folder),
   )
   assert result.returncode == 1, result.stderr[-4000:]
@@ -231,11 +233,11 @@ def test_images_are_placed_like_training_pages(tmp_path):
   paper = pixels.PAPER
   ink = np.zeros((64, 512), np.uint8)  # all ink, 4x the canvas width
   Image.fromarray(ink).save(tmp_path / "wide.png")
-  page = predict.load_page(str(tmp_path / "wide.png"), 32, 128)
+  page = predict.load_page(str(tmp_path / "wide.png"), 32, 128, prepare=False)
   assert (page.height, page.width) == (16, 128) and page.image.shape == (32, 128, 1)
   np.testing.assert_allclose(page.image[16:], paper, rtol=1e-6)  # paper below
   assert page.image[:16].max() < paper - 1.0
-  small = predict.load_page(str(tmp_path / "wide.png"), 32, 128, scale=0.125)
+  small = predict.load_page(str(tmp_path / "wide.png"), 32, 128, scale=0.125, prepare=False)
   assert (small.height, small.width) == (8, 64)
   np.testing.assert_allclose(small.image[:, 64:], paper, rtol=1e-6)  # paper to the right
   # Transparent pixels are paper.
@@ -258,7 +260,7 @@ def test_predict_fits_an_image_like_training_does(tmp_path, shape):
   grey = np.random.default_rng(sum(shape)).integers(0, 256, shape, dtype=np.uint8)
   path = tmp_path / "page.png"
   Image.fromarray(grey).save(path)
-  page = predict.load_page(str(path), d.image_height, d.image_width)
+  page = predict.load_page(str(path), d.image_height, d.image_width, prepare=False)
   example = real_source.make_real_example(d, (0, 0), augment=False)(
     tf.constant(0, tf.int64), tf.constant(path.read_bytes()), tf.constant("a")
   )

@@ -290,7 +290,11 @@ def test_predict_writes_page_xml_and_alto_that_read_back(trained_tiny_workdir, i
   run = inference.restore_run(trained_tiny_workdir, config, "latest")
   d = config.data
   paths = predict.list_images([str(images)])
-  pages = [predict.load_page(p, d.image_height, d.image_width) for p in paths]
+  # As the command line below reads them: prepared, at the automatic scale.
+  pages = [
+    predict.load_page(p, d.image_height, d.image_width, "auto", word_height=d.word_height)
+    for p in paths
+  ]
   assert pages[0].original_size != (pages[0].height, pages[0].width)  # large.png was shrunk
   texts, attentions = predict.recognise(run, pages, with_attention=True)
   printed, sizes = {}, {}

@@ -133,6 +133,11 @@ def test_curriculum_grows_the_pages(tiny_config):
   tok = tokenizer_lib.Tokenizer(config.data.charset)
   eval_words = [len(tok.decode(t).split()) for t in next(eval_ds.as_numpy_iterator())["tokens"]]
   assert min(eval_words) >= 8
+  # Single words: all of the rest of the pages hold one word.
+  config.data.single_word_pages = 0.5
+  assert set(words_per_page(20)) <= {1, 2, 3}
+  config.data.single_line_pages, config.data.single_word_pages = 0.0, 1.0
+  assert set(words_per_page(20)) == {1}
 
 
 def test_processes_share_out_each_global_batch(tiny_config):

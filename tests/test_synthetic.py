@@ -266,3 +266,43 @@ def test_warp_points_follow_the_ink():
       tf.constant([[y, x]], tf.float32), box, (height, width), seed, **options
     ).numpy()[0]
     np.testing.assert_allclose(point, centroid, atol=0.3)
+
+
+def test_scan_look_greys_the_paper_and_keeps_the_ink_readable(tiny_config, bank):
+  config = form_config(tiny_config)
+  composer = composer_lib.SyntheticComposer(bank, config.data)
+  example = composer.compose(tf.constant([5, 0], tf.int64))
+  grey = 1.0 - tf.cast(example["ink"], tf.float32) / 255.0
+  ink = grey.numpy() < 0.5
+  papers, contrasts = [], []
+  for i in range(24):
+    looked = augment.scan_look(grey, tf.constant([9, i]))
+    again = augment.scan_look(grey, tf.constant([9, i]))
+    np.testing.assert_array_equal(looked.numpy(), again.numpy())  # a pure function of its seed
+    looked = looked.numpy()
+    assert looked.shape == grey.shape and looked.min() >= 0.0 and looked.max() <= 1.0
+    papers.append(np.median(looked[~ink]))
+    contrasts.append(np.median(looked[~ink]) - np.median(looked[ink]))
+  # Paper from dark grey to light grey (the light falls off across the page);
+  # ink always darker than its paper.
+  assert min(papers) < 0.75 and max(papers) > 0.85
+  assert min(contrasts) > 0.03 and np.median(contrasts) > 0.1
+
+
+def test_scale_range_sets_the_size_of_the_text(tiny_config, bank):
+  config = form_config(tiny_config)
+  composer = composer_lib.SyntheticComposer(bank, config.data)
+  example = composer.compose(tf.constant([5, 1], tf.int64))
+  total = float(tf.reduce_sum(tf.cast(example["ink"], tf.float32)))
+  for scale in (0.5, 1.0):
+    warped = augment.warp(
+      example["ink"],
+      example["content_box"],
+      tf.constant([6, 1]),
+      max_rotation=0.0,
+      perspective=False,
+      random_placement=True,
+      scale_range=(scale, scale),
+    )
+    # Ink area goes with the square of the scale.
+    assert float(tf.reduce_sum(warped)) / total == pytest.approx(scale**2, rel=0.1)

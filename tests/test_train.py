@@ -132,6 +132,9 @@ def test_workdir_with_another_vocabulary_is_refused(tiny_config, tmp_path):
     ("eval.every_steps", -1),
     ("data.image_height", 16),
     ("data.single_line_pages", 1.5),
+    ("data.single_word_pages", 1.5),
+    ("data.scan_look", -0.1),
+    ("data.scale_range", (1.1, 0.9)),
   ],
 )
 def test_bad_config_value_names_its_field(tiny_config, field, value):

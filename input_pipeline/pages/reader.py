@@ -593,7 +593,7 @@ def _read_xml(path: pathlib.Path, root, options: Options, skipped: Skipped) -> P
   )
 
 
-def _pair_text(image_path: pathlib.Path) -> pathlib.Path | None:
+def pair_text(image_path: pathlib.Path) -> pathlib.Path | None:
   """NAME.gt.txt or NAME.txt beside NAME.png (also for OCRopus' NAME.bin.png)."""
   stems = [image_path.stem]
   if pathlib.Path(image_path.stem).suffix:
@@ -660,7 +660,7 @@ def _walk(root: pathlib.Path):
     if suffix == ".xml":
       yield "xml", path, None
     elif suffix in IMAGE_EXTENSIONS:
-      text = _pair_text(path)
+      text = pair_text(path)
       if text is not None:
         yield "pair", path, text
 

@@ -34,7 +34,6 @@ def make_real_example(data_config, seed: tuple[int, int], *, augment: bool):
   """
   tokenize = common.make_tokenize(data_config.charset, int(data_config.max_len))
   height, width = int(data_config.image_height), int(data_config.image_width)
-  level, max_rotation = data_config.level, float(data_config.max_rotation)
 
   def example(index, png, text):
     example_seed = tf.random.experimental.stateless_fold_in(tf.constant(seed, tf.int64), index)
@@ -50,9 +49,9 @@ def make_real_example(data_config, seed: tuple[int, int], *, augment: bool):
       content_box,
       warp_seed,
       photometric_seed,
-      level=level,
+      data_config=data_config,
+      level=data_config.level,
       augment=augment,
-      max_rotation=max_rotation,
     )
     return {"image": image, "tokens": tokenize(text), "text": text}
 

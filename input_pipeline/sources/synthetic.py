@@ -58,15 +58,16 @@ def make_synthetic_example(
   holds at most `curriculum_max_words` of its step (index // global_batch):
   from data.words_per_line's low end (one line) to the layout's most words.
   A share data.single_line_pages of them (training only) is instead one line
-  of data.words_per_line words, so that a page may also end after one line.
+  of data.words_per_line words, so that a page may also end after one line,
+  and a share data.single_word_pages a single word.
   """
   if line_boxes and augment:
     raise ValueError("line_boxes are the unwarped layout's: ask for them with augment=False.")
   tokenize = common.make_tokenize(data_config.charset, int(data_config.max_len))
   level = composer.layout.level
-  max_rotation = float(data_config.max_rotation)
   curriculum_steps = int(data_config.curriculum_steps) if global_batch > 0 else 0
   single_line_pages = float(data_config.single_line_pages) if global_batch > 0 else 0.0
+  single_word_pages = float(data_config.single_word_pages) if global_batch > 0 else 0.0
   line_words = tuple(int(n) for n in data_config.words_per_line)
 
   def example(index):
@@ -79,24 +80,24 @@ def make_synthetic_example(
       word_cap = curriculum_max_words(
         index // global_batch, line_words[0], composer.layout.num_words[1], curriculum_steps
       )
-    if single_line_pages:
+    if single_line_pages or single_word_pages:
       line_seed = tf.random.experimental.stateless_fold_in(example_seed, 1)
-      one_line = tf.random.stateless_uniform([], line_seed) < single_line_pages
+      share = tf.random.stateless_uniform([], line_seed)
       line_cap = tf.random.stateless_uniform(
         [], line_seed[::-1], line_words[0], line_words[1] + 1, dtype=tf.int32
       )
-      word_cap = tf.where(
-        one_line, line_cap, composer.layout.num_words[1] if word_cap is None else word_cap
-      )
+      cap = composer.layout.num_words[1] if word_cap is None else word_cap
+      word_cap = tf.where(share < single_line_pages, line_cap, cap)
+      word_cap = tf.where(share >= 1.0 - single_word_pages, 1, word_cap)
     composed = composer.compose(compose_seed, word_cap)
     image = common.ink_to_image(
       composed["ink"],
       composed["content_box"],
       warp_seed,
       photometric_seed,
+      data_config=data_config,
       level=level,
       augment=augment,
-      max_rotation=max_rotation,
     )
     features = {"image": image, "tokens": tokenize(composed["text"]), "text": composed["text"]}
     if glyph_centres:
@@ -107,7 +108,7 @@ def make_synthetic_example(
           composed["content_box"],
           composed["ink"].shape,
           warp_seed,
-          **common.warp_options(level, max_rotation),
+          **common.warp_options(data_config, level),
         )
       is_token = features["tokens"][1:] != tokenizer_lib.PAD_ID
       features["glyph_centres"] = tf.where(is_token[:, None], glyphs, 0.0)
