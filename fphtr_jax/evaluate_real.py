@@ -149,9 +149,7 @@ def main(argv):
     if FLAGS.output_dir:
       cli.make_writable_dir(FLAGS.output_dir, "output_dir")
     samples = read_samples(FLAGS.data)
-  except cli.CommandLineError as error:
-    cli.fail(str(error))
-  except (ValueError, OSError) as error:
+  except (cli.CommandLineError, ValueError, OSError) as error:  # a flag, the folder or manifest
     cli.fail(str(error))
   pages = []
   for sample in samples:

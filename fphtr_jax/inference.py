@@ -258,6 +258,17 @@ def restore_run(
   )
 
 
+def _model_shapes(model, config, mesh):
+  """(boxed variable shapes of `model`, their shardings on `mesh`): nothing computed."""
+  images, tokens = train.init_inputs(config)
+  rules = sharding.logical_rules(config.mesh)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    boxed = jax.eval_shape(
+      lambda: model.init({"params": jax.random.key(0)}, images, tokens, train=False)
+    )
+    return boxed, sharding.logical_to_shardings(boxed, mesh, rules)
+
+
 def _restore_step(workdir: str, checkpointer, which: str, step: int, config, mesh):
   """(model, {"params", "batch_stats"}, tokenizer) of checkpoint `step`; raises if damaged.
 
@@ -283,13 +294,7 @@ def _restore_step(workdir: str, checkpointer, which: str, step: int, config, mes
   model = train.create_model(config, tokenizer)
   # Shapes and shardings only, then the parameters and BatchNorm statistics
   # straight into place; the optimizer state stays on disk.
-  images, tokens = train.init_inputs(config)
-  rules = sharding.logical_rules(config.mesh)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    boxed = jax.eval_shape(
-      lambda: model.init({"params": jax.random.key(0)}, images, tokens, train=False)
-    )
-    shardings = sharding.logical_to_shardings(boxed, mesh, rules)
+  boxed, shardings = _model_shapes(model, config, mesh)
   abstract = {
     name: checkpointing.abstract_like(nn.unbox(boxed[name]), shardings[name])
     for name in ("params", "batch_stats")
@@ -333,13 +338,7 @@ def load_model(model_dir: str, config: ml_collections.ConfigDict) -> Run:
   sharding.check_batch_size(config.eval.batch_size, mesh, "eval.batch_size")
   tokenizer = tokenizer_lib.Tokenizer.load(model_dir)
   model = train.create_model(config, tokenizer)
-  images, tokens = train.init_inputs(config)
-  rules = sharding.logical_rules(config.mesh)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    boxed = jax.eval_shape(
-      lambda: model.init({"params": jax.random.key(0)}, images, tokens, train=False)
-    )
-    shardings = sharding.logical_to_shardings(boxed, mesh, rules)
+  boxed, shardings = _model_shapes(model, config, mesh)
   path = os.path.join(model_dir, WEIGHTS_FILENAME)
   with open(path, "rb") as f:
     saved = flax.serialization.msgpack_restore(f.read())

@@ -301,10 +301,12 @@ def locate_lines(
     outline = _outline(line, above, below, ink, stride_h, stride_w)
     box, polygon, baseline = outline.in_pixels(scale, size)
     words = []
+    last = len(line["xs"]) - 1
     for start, end in split_words(line["text"]):
-      # From half a pitch before its first character to half a pitch after its last.
-      a = max(line["xs"][start] - line["pitch"] / 2, outline.xs[0])
-      b = min(line["xs"][end - 1] + line["pitch"] / 2, outline.xs[-1])
+      # From half a pitch before its first character to half a pitch after its last
+      # (the empty word after a space that ends the line: at the line's end).
+      a = max(line["xs"][min(start, last)] - line["pitch"] / 2, outline.xs[0])
+      b = min(line["xs"][min(max(end - 1, start), last)] + line["pitch"] / 2, outline.xs[-1])
       if words:  # words do not overlap
         a = max(a, words[-1][1])
       b = max(b, a + 1.0 / scale[0])

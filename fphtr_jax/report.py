@@ -9,7 +9,9 @@ session's first to last event, the pauses between sessions left out), the
 hardware (the run.* hyperparameters training logs), the best validation CER
 and its step, the last one, and the test figures found under evaluations/
 (each `summary.json` of the test split, and the last step of each
-`test_history*/history.jsonl` that `evaluate --checkpoint=all` writes).
+`test_history*/history.jsonl` that `evaluate --checkpoint=all` writes), and
+the real scans scored by `evaluate_real --output_dir=W/evaluations/NAME`, one
+column a level ("NAME pages", "NAME lines").
 `--curves=PNG` draws the runs' validation CER against steps and minutes.
 """
 
@@ -23,7 +25,7 @@ from absl import app, flags
 from matplotlib.figure import Figure
 import numpy as np
 
-from fphtr_jax import cli, curves, evaluate, hparams, inference
+from fphtr_jax import cli, curves, evaluate, evaluate_real, hparams, inference
 
 flags.DEFINE_string("curves", None, "Also draw the runs' validation CER curves into this PNG.")
 flags.DEFINE_string("markdown", None, "Also write the table to this Markdown file.")
@@ -84,6 +86,12 @@ def _test_figures(workdir: str) -> dict:
       with open(os.path.join(path, "summary.json"), encoding="utf-8") as f:
         summary = json.load(f)
     except (OSError, ValueError):
+      continue
+    if "data" in summary and "all" in summary:  # evaluate_real's: one column a level
+      for level in evaluate_real.LEVELS:
+        if level in summary:
+          figures = summary[level]
+          found[f"{name} {level}s"] = (figures["cer"], figures["wer"], summary.get("step", 0))
       continue
     if summary.get("split") != "test":
       continue

@@ -1,5 +1,8 @@
 """Exported model folders: written from a real checkpoint, read by predict, evaluate and
-evaluate_real (--model) as a training run's workdir is."""
+evaluate_real (--model) as a training run's workdir is.
+
+The exports and the tools run in subprocesses, as a user types them (slow).
+"""
 
 import json
 import os
@@ -44,6 +47,7 @@ def scans(trained_tiny_workdir, tmp_path_factory):
   return folder, texts
 
 
+@pytest.mark.slow
 def test_export_writes_weights_config_vocabulary_and_its_origin(exported, trained_tiny_workdir):
   full, half = exported
   for folder in exported:
@@ -66,6 +70,7 @@ def test_export_writes_weights_config_vocabulary_and_its_origin(exported, traine
   assert half_size == info["weights_bytes"] and half_size < 0.6 * full_size
 
 
+@pytest.mark.slow
 def test_loaded_model_holds_the_checkpoints_weights(exported, trained_tiny_workdir):
   config = inference.load_config(trained_tiny_workdir)
   run = inference.restore_run(trained_tiny_workdir, config, "latest")
@@ -86,6 +91,7 @@ def test_loaded_model_holds_the_checkpoints_weights(exported, trained_tiny_workd
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.slow
 def test_predict_with_model_reads_like_the_workdir(exported, trained_tiny_workdir, scans):
   folder, _ = scans
   flags = ["--format=json", "--scale=1", "--noprepare", str(folder)]
@@ -99,6 +105,7 @@ def test_predict_with_model_reads_like_the_workdir(exported, trained_tiny_workdi
   assert len(texts[0]) == 3 and texts[0] == texts[1]
 
 
+@pytest.mark.slow
 def test_evaluate_real_scores_the_folder_through_predicts_path(exported, scans, tmp_path):
   folder, references = scans
   output = tmp_path / "real"
@@ -131,6 +138,7 @@ def test_evaluate_real_scores_the_folder_through_predicts_path(exported, scans, 
   assert [json.loads(line)["text"] for line in predicted.stdout.splitlines()] == hypotheses
 
 
+@pytest.mark.slow
 def test_evaluate_with_model_writes_beside_it(exported, tmp_path):
   output = tmp_path / "eval"
   result = _run("fphtr_jax.evaluate", f"--model={exported[1]}", f"--output_dir={output}")
@@ -166,6 +174,7 @@ def test_manifest_levels_and_its_mistakes(tmp_path):
       evaluate_real.read_samples(str(tmp_path))
 
 
+@pytest.mark.slow
 def test_model_flag_mistakes_are_one_line(exported, trained_tiny_workdir, tmp_path):
   for args, message in [
     ([f"--model={tmp_path}"], "has no weights.msgpack"),

@@ -333,3 +333,15 @@ def test_predict_writes_page_xml_and_alto_that_read_back(trained_tiny_workdir, i
       for line in page.lines:
         assert line.polygon and _inside(line.polygon, width, height)
         assert len(line.baseline) >= 2 and _inside(line.baseline, width, height)
+
+
+def test_a_line_that_ends_with_a_space_is_located():
+  transcription = _transcription("ab \ncd")
+  cells = [(1, 1), (1, 2), (1, 3), (1, 4), (2, 1), (2, 2), (2, 3)]  # a b " " "\n" c d <EOS>
+  lines = line_location.locate_lines(
+    _attention(cells), transcription, STRIDE, _paper(), CANVAS, CANVAS
+  )
+  assert len(lines) == 2 and [w.text for w in lines[0].words] == ["ab", ""]
+  left, top, right, bottom = lines[0].box
+  for word in lines[0].words:  # the empty word after the space: at the line's end
+    assert left <= word.box[0] <= word.box[2] <= right

@@ -87,6 +87,9 @@ def two_runs(tmp_path):
   _write_summary(first, "test_best_step5", split="test", step=5, cer=0.35, wer=0.7)
   _write_summary(first, "test_best_step10", split="test", step=10, cer=0.3, wer=0.6)
   _write_summary(first, "validation_latest_step10", split="validation", step=10, cer=0.5, wer=0.8)
+  # Real scans scored by evaluate_real: a column a level.
+  figures = {"cer": 0.6, "wer": 0.9, "lines_right": 1.0, "num_images": 2}
+  _write_summary(first, "real", data="scans", step=10, all=figures, line=figures)
   _write_events(
     os.path.join(second, "events.out.tfevents.2000.host.2.0.v2"),
     2000.0,
@@ -101,15 +104,15 @@ def test_report_has_a_row_a_run_with_the_fields_that_differ_as_columns(two_runs)
   lines = report.table(runs).splitlines()
   assert lines[0] == (
     "| run | train.batch_size | train.learning_rate | steps | wall time | hardware "
-    "| best val. CER (step) | last val. CER | test_best CER / WER |"
+    "| best val. CER (step) | last val. CER | real lines CER / WER | test_best CER / WER |"
   )
-  assert lines[1] == "|" + "---|" * 9
+  assert lines[1] == "|" + "---|" * 10
   # Wall time: 30 s + 70 s of the two sessions, not the hours between them.
   assert lines[2] == (
     "| first | 8 | 0.001 | 10 / 10 | 1 min 40 s | 1 × cpu, then 2 × NVIDIA H200 "
-    "| 40.0% (5) | 50.0% | 30.0% / 60.0% (10) |"
+    "| 40.0% (5) | 50.0% | 60.0% / 90.0% (10) | 30.0% / 60.0% (10) |"
   )
-  assert lines[3] == "| second | 4 | 0.003 | 8 / 10 | 48 s | — | 80.0% (8) | 80.0% | — |"
+  assert lines[3] == "| second | 4 | 0.003 | 8 / 10 | 48 s | — | 80.0% (8) | 80.0% | — | — |"
   assert len(lines) == 4
   # One run alone: no field differs from anything.
   alone = report.table([report.read_run(second)]).splitlines()
