@@ -39,8 +39,11 @@ def export(run: inference.Run, output: str, dtype: str = "float16") -> dict:
   Returns the contents of model.json.
   """
   os.makedirs(output, exist_ok=True)
-  params = jax.tree.map(lambda x: np.asarray(x).astype(jnp.dtype(dtype)), run.state.params)
-  batch_stats = jax.tree.map(lambda x: np.asarray(x, np.float32), run.state.batch_stats)
+  # Whole arrays on the host, also from a multi-host mesh (every process calls export).
+  params = jax.tree.map(lambda x: x.astype(jnp.dtype(dtype)), sharding.to_host(run.state.params))
+  batch_stats = jax.tree.map(
+    lambda x: x.astype(np.float32), sharding.to_host(run.state.batch_stats)
+  )
   payload = flax.serialization.msgpack_serialize(
     {"params": flax.serialization.to_state_dict(params), "batch_stats": batch_stats}
   )
@@ -77,7 +80,6 @@ def main(argv):
     run = inference.restore_run(FLAGS.workdir, FLAGS.config, FLAGS.checkpoint)
   except (ValueError, OSError) as error:
     cli.fail(str(error), status=1)
-  run.state = run.state.replace(params=sharding.to_host(run.state.params))
   info = export(run, FLAGS.output, FLAGS.dtype)
   logging.info("Exported step %d (%s) to %s.", run.step, run.which, FLAGS.output)
   print(json.dumps({"output": FLAGS.output, **info}))

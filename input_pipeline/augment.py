@@ -210,18 +210,17 @@ def _smooth_noise(seed, shape, cells: tuple[int, int]) -> tf.Tensor:
 
 
 def _blur(grey, sigma) -> tf.Tensor:
-  """Gaussian blur of float32 [H, W] with a (tensor) sigma in pixels; 0 = unchanged."""
+  """Gaussian blur of float32 [H, W] with a (tensor) sigma in pixels; 0 = unchanged.
+
+  The page is mirrored at its edges, so the border blurs into itself, not into ink.
+  """
   taps = tf.range(-3.0, 4.0)
   kernel = tf.exp(-0.5 * tf.square(taps / tf.maximum(sigma, 1e-3)))
   kernel = kernel / tf.reduce_sum(kernel)
-  image = grey[None, :, :, None]
-  image = tf.nn.conv2d(image, tf.reshape(kernel, [7, 1, 1, 1]), 1, "SAME")
-  image = tf.nn.conv2d(image, tf.reshape(kernel, [1, 7, 1, 1]), 1, "SAME")
-  # Where the kernel overhangs the page, SAME pads with 0 (ink): re-weight.
-  ones = tf.ones_like(grey)[None, :, :, None]
-  weight = tf.nn.conv2d(ones, tf.reshape(kernel, [7, 1, 1, 1]), 1, "SAME")
-  weight = tf.nn.conv2d(weight, tf.reshape(kernel, [1, 7, 1, 1]), 1, "SAME")
-  return (image / weight)[0, :, :, 0]
+  image = tf.pad(grey[None, :, :, None], [[0, 0], [3, 3], [3, 3], [0, 0]], mode="SYMMETRIC")
+  image = tf.nn.conv2d(image, tf.reshape(kernel, [7, 1, 1, 1]), 1, "VALID")
+  image = tf.nn.conv2d(image, tf.reshape(kernel, [1, 7, 1, 1]), 1, "VALID")
+  return image[0, :, :, 0]
 
 
 def _maybe(seed, probability: float, then, otherwise):
