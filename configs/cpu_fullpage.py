@@ -58,6 +58,14 @@ VARIANTS = variants.Variants(
     ),
     "distortion": variants.Key("data.shape_distortion", "how far training words bend"),
     "bank": variants.Key("data.bank_size", "pre-rendered words of each word bank"),
+    "train_pages": variants.Key(
+      "data.pages_train_limit", "the first N pages of the training split (data.source=pages)"
+    ),
+    "freeze": variants.Key(
+      "train.freeze",
+      "parameters kept as the source's when fine-tuning",
+      choices={"none": (), "encoder": ("encoder",), "decoder": ("decoder",)},
+    ),
   },
   {
     "b8": variants.Variant(
@@ -74,10 +82,24 @@ VARIANTS = variants.Variants(
       fields={"data.train_words_per_writer": (40, 80)},
     ),
     "bf16": variants.Variant("bfloat16 compute", "dtype=bfloat16"),
+    "few_shot": variants.Variant(
+      "fine-tuning on a folder of pages (give data.pages_dir and train.init_from): "
+      "300 steps at a third of the learning rate, the best of six evaluations kept; no "
+      "guided attention (real pages do not say where each character is)",
+      "steps=300,lr=2e-4,warmup=30,eval_every=50,ckpt_every=50,eval_examples=20",
+      {"data.source": "pages", "train.attention_loss_weight": 0.0},
+    ),
   },
   sweeps={
     # The batch sizes of docs/experiments/cpu_fullpage.md at equal time.
-    "batch_sizes": [dict(batch=2, steps=22000, lr=4e-4), dict(batch=4), dict(b8=True)]
+    "batch_sizes": [dict(batch=2, steps=22000, lr=4e-4), dict(batch=4), dict(b8=True)],
+    # The few-shot table of docs/experiments/few_shot.md: 10, 50, 200 pages of one hand.
+    # All parameters fine-tuned, or the decoder (the language) kept as it was.
+    "few_shot": [
+      dict(few_shot=True, train_pages=n, **frozen)
+      for frozen in ({}, {"freeze": "decoder"})
+      for n in (10, 50, 200)
+    ],
   },
 )
 

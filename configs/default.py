@@ -127,6 +127,9 @@ def get_config(arg=None):
   # comments); unset = a seeded random split by page by data.split_fractions.
   config.data.pages_split_dir = ml_collections.config_dict.placeholder(str)
   config.data.pages_split_seed = 0
+  # Train on the first N pages of the training split only (a few-shot run, or
+  # a curve of CER against pages); unset = all of them.
+  config.data.pages_train_limit = ml_collections.config_dict.placeholder(int)
   config.data.split_fractions = (0.8, 0.1, 0.1)  # train, validation, test
   config.data.unicode_normalization = "NFC"  # of the pages' texts: none | NFC | NFD
   config.data.pages_bad_record = "skip"  # skip (warn and count) | error

@@ -184,6 +184,12 @@ def validate_config(config: ml_collections.ConfigDict):
     )
     require(d.level in ("word", "line", "form"), "data.level", d.level, "'word', 'line' or 'form'")
     require(d.pages_scale > 0, "data.pages_scale", d.pages_scale, "a positive scale (1.0 = as is)")
+    require(
+      d.pages_train_limit is None or d.pages_train_limit >= 1,
+      "data.pages_train_limit",
+      d.pages_train_limit,
+      "a number of training pages >= 1, or unset for all",
+    )
     fractions = tuple(d.split_fractions)
     require(
       len(fractions) == 3 and min(fractions) >= 0 and abs(sum(fractions) - 1) < 1e-6,

@@ -7,8 +7,10 @@ characters of `data.charset` that the source lacks (`merge_charsets`), so
 every source character keeps its token id, its embedding row and its output
 row; a new character gets the new model's freshly initialised rows. The
 source is read with `inference.restore_run` (newest intact checkpoint, damaged
-ones skipped), and nothing else of its model may differ: another shape is an
-error naming the parameter, both shapes and the config field.
+ones skipped), or `inference.load_model` for an exported model folder (its
+float16 parameters made float32 again), and nothing else of its model may
+differ: another shape is an error naming the parameter, both shapes and the
+config field.
 
 `train.freeze` names parameter groups to keep fixed (`frozen_labels`, used
 by optimizer.py); a frozen encoder also runs in inference mode (train.py).
@@ -37,8 +39,8 @@ VOCAB_AXES = {
 SELECTORS = ("latest", "best")
 FORMS = (
   "a trained run's workdir (its newest intact checkpoint), WORKDIR:best, WORKDIR:STEP, "
-  f"or a checkpoint folder (WORKDIR/{checkpointing.CHECKPOINT_DIR}/STEP, "
-  f"WORKDIR/{checkpointing.BEST_DIR}/STEP)"
+  f"a checkpoint folder (WORKDIR/{checkpointing.CHECKPOINT_DIR}/STEP, "
+  f"WORKDIR/{checkpointing.BEST_DIR}/STEP), or an exported model folder (fphtr_jax.export)"
 )
 
 
@@ -110,12 +112,18 @@ def restore_source(config: ml_collections.ConfigDict) -> Source:
   if "://" not in where.workdir and not os.path.isdir(where.workdir):
     raise ValueError(f"train.init_from={value!r}: {where.workdir} is no folder; expected {FORMS}.")
   advice = "name another with train.init_from=WORKDIR:STEP, or WORKDIR for the newest intact one"
+  is_model = inference.is_model_dir(where.workdir)
+  if is_model and where.checkpoint != "latest":
+    raise ValueError(f"train.init_from={value!r}: a model folder holds one model; name the folder.")
   try:
     source_config = inference.load_config(where.workdir)
     # The source's model, restored onto this run's devices.
     source_config.mesh = copy.deepcopy(config.mesh)
     source_config.eval.batch_size = config.eval.batch_size
-    run = inference.restore_run(where.workdir, source_config, where.checkpoint, advice=advice)
+    if is_model:
+      run = inference.load_model(where.workdir, source_config)
+    else:
+      run = inference.restore_run(where.workdir, source_config, where.checkpoint, advice=advice)
   except (ValueError, OSError) as error:
     raise ValueError(f"train.init_from={value!r}: {error}") from None
   if where.best_step is not None and run.step != where.best_step:

@@ -90,6 +90,7 @@ def _bad_config_files(tmp_path):
   ],
   ids=["unknown_field", "override_type", "missing_file", "file_raises", "text_file_folder"],
 )
+@pytest.mark.slow
 def test_training_command_line_mistakes(tmp_path, args, names):
   _bad_config_files(tmp_path)
   args = [arg.format(tmp=tmp_path) for arg in args]
@@ -104,12 +105,14 @@ def test_training_command_line_mistakes(tmp_path, args, names):
 # --- predict and evaluate, before any checkpoint is read ---------------------------------------
 
 
+@pytest.mark.slow
 def test_predict_refuses_a_scale_of_zero(run_workdir, page):
   result = _run("fphtr_jax.predict", f"--workdir={run_workdir}", "--scale=0", page)
   _assert_refused(result, "--scale=0", "above 0")
   assert result.stdout == ""
 
 
+@pytest.mark.slow
 def test_predict_names_a_missing_workdir_and_makes_none(tmp_path, page):
   workdir = tmp_path / "workdir"
   result = _run("fphtr_jax.predict", f"--workdir={workdir}", page)
@@ -117,6 +120,7 @@ def test_predict_names_a_missing_workdir_and_makes_none(tmp_path, page):
   assert not workdir.exists()
 
 
+@pytest.mark.slow
 def test_predict_names_an_unknown_decode_field(run_workdir, page):
   result = _run(
     "fphtr_jax.predict", f"--workdir={run_workdir}", "--config.decode.beam_sise=2", page
@@ -124,6 +128,7 @@ def test_predict_names_an_unknown_decode_field(run_workdir, page):
   _assert_refused(result, "--config.decode.beam_sise", "did you mean decode.beam_size?")
 
 
+@pytest.mark.slow
 def test_predict_checks_the_attention_folder_first(run_workdir, page, tmp_path):
   blocker = tmp_path / "a_file"
   blocker.write_text("")
@@ -133,6 +138,7 @@ def test_predict_checks_the_attention_folder_first(run_workdir, page, tmp_path):
   _assert_refused(result, "--attention_dir=", "is a file")
 
 
+@pytest.mark.slow
 def test_evaluate_checks_the_output_folder_before_evaluating(run_workdir, tmp_path):
   blocker = tmp_path / "a_file"
   blocker.write_text("")
@@ -142,6 +148,7 @@ def test_evaluate_checks_the_output_folder_before_evaluating(run_workdir, tmp_pa
   assert _listing(run_workdir) == before
 
 
+@pytest.mark.slow
 def test_evaluate_checks_its_default_output_folder_without_making_it(run_workdir):
   (run_workdir / "evaluations").write_text("")  # where the default output folder would go
   before = _listing(run_workdir)

@@ -306,4 +306,6 @@ def test_the_help_argument_says_what_every_key_and_variant_does(monkeypatch):
   assert "steps (train.num_steps): training steps;" in text
   assert "fonts (data.extra_fonts: print | sans | none): print fonts added" in text
   assert "wide_hands: more varied training hands" in text
-  assert "data.words_per_writer=(100, 200)" in text and text.endswith("sweep): batch_sizes.")
+  assert "data.words_per_writer=(100, 200)" in text and text.endswith(
+    "sweep): batch_sizes, few_shot."
+  )

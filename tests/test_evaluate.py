@@ -86,6 +86,7 @@ def test_curves_draws_the_logged_losses(trained_tiny_workdir, tmp_path):
   assert losses[-1][1] < losses[0][1] and len(cers) == 1 and 0 <= cers[0]
 
 
+@pytest.mark.slow
 def test_curves_without_logs_is_a_clear_error(tmp_path):
   result = _run("fphtr_jax.curves", f"--workdir={tmp_path}")
   assert result.returncode != 0 and "No TensorBoard event files" in result.stderr

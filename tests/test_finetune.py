@@ -17,7 +17,16 @@ import optax
 import pytest
 
 from configs import tiny
-from fphtr_jax import checkpointing, config_validation, finetune, optimizer, sharding, train
+from fphtr_jax import (
+  checkpointing,
+  config_validation,
+  export,
+  finetune,
+  inference,
+  optimizer,
+  sharding,
+  train,
+)
 from fphtr_jax import tokenizer as tokenizer_lib
 from tests.conftest import ROOT, train_command
 
@@ -213,6 +222,28 @@ def test_step_zero_copies_the_source_rows_and_adds_fresh_ones(source, tmp_path, 
   # Laid out as a fresh init is.
   for array, wanted in zip(jax.tree.leaves(state), jax.tree.leaves(shardings), strict=True):
     assert array.sharding.is_equivalent_to(wanted, array.ndim)
+
+
+def test_an_exported_model_folder_is_a_source(source, tmp_path, bank_cache_dir):
+  source_dir, source_charset, theirs = source
+  config = _finetune_config(bank_cache_dir, tmp_path, source_dir, FINETUNE_STEPS)
+  run = inference.restore_run(source_dir, inference.load_config(source_dir), "latest")
+  model_dir = str(tmp_path / "model")
+  export.export(run, model_dir, dtype="float16")
+  config.train.init_from = model_dir
+  restored = finetune.restore_source(config)
+  assert (restored.which, restored.step) == ("model", SOURCE_STEPS)
+  assert restored.tokenizer.charset == source_charset
+  # The float16 weights, made float32 again.
+  for path, value in _flat(theirs["params"]).items():
+    ours = _flat(_numpy(restored.params))[path]
+    assert ours.dtype == np.float32
+    np.testing.assert_array_equal(ours, value.astype(np.float16).astype(np.float32))
+  for path, value in _flat(theirs["batch_stats"]).items():
+    np.testing.assert_array_equal(_flat(_numpy(restored.batch_stats))[path], value)
+  config.train.init_from = f"{model_dir}:best"
+  with pytest.raises(ValueError, match="a model folder holds one model"):
+    finetune.restore_source(config)
 
 
 @pytest.mark.slow

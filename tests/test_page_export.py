@@ -258,6 +258,7 @@ def images(tmp_path):
   return folder
 
 
+@pytest.mark.slow
 def test_output_folder_mistakes_are_one_line_before_the_model(tmp_path, images):
   from configs import tiny
 

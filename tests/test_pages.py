@@ -421,6 +421,21 @@ def test_random_split_is_seeded_disjoint_and_by_page(clean):
     assert {r.page_id for r in reader.records(pages, "line", ids[split])} == ids[split]
 
 
+def test_train_limit_keeps_the_first_training_pages_only(clean):
+  root, texts = clean
+  options = reader.Options(pages_dir=str(root / "pages"), level="line", split_seed=5)
+  whole = reader.split_ids(options, list(texts))
+  three = reader.split_ids(dataclasses.replace(options, train_limit=3), list(texts))
+  one = reader.split_ids(dataclasses.replace(options, train_limit=1), list(texts))
+  assert three["train"] == frozenset(sorted(whole["train"])[:3])
+  assert one["train"] < three["train"]  # a smaller limit's pages are among a larger one's
+  assert three["validation"] == whole["validation"] and three["test"] == whole["test"]
+  # More than there are: all of them.
+  assert reader.split_ids(dataclasses.replace(options, train_limit=99), list(texts)) == whole
+  with pytest.raises(ValueError, match="pages_train_limit=0"):
+    reader.check_options(dataclasses.replace(options, train_limit=0))
+
+
 def test_charset_auto_and_characters_outside_it(clean):
   root, texts = clean
   options = reader.Options(

@@ -119,6 +119,7 @@ def test_report_has_a_row_a_run_with_the_fields_that_differ_as_columns(two_runs)
   assert alone[0].startswith("| run | steps | wall time |")
 
 
+@pytest.mark.slow
 def test_report_command_prints_the_table_and_draws_the_cer_curves(two_runs, tmp_path):
   folder, first, second = two_runs
   png, markdown = str(tmp_path / "cer.png"), str(tmp_path / "runs.md")

@@ -144,6 +144,7 @@ def test_bad_config_value_names_its_field(tiny_config, field, value):
     config_validation.validate_config(tiny_config)
 
 
+@pytest.mark.slow
 def test_command_line_error_names_the_field(tmp_path):
   result = subprocess.run(
     [

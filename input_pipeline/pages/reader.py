@@ -84,6 +84,9 @@ class Options:
   unicode_normalization: str = "NFC"  # none | NFC | NFD
   bad_record: str = "skip"  # skip | error
   max_pixels: int = image_io.DEFAULT_MAX_PIXELS
+  # The first N training pages (by id) only; None = all. Not part of the prepared
+  # dataset, which always holds whole splits.
+  train_limit: int | None = None
 
 
 def options_from_config(data_config) -> Options:
@@ -106,9 +109,14 @@ def options_from_config(data_config) -> Options:
     unicode_normalization=str(data_config.unicode_normalization),
     bad_record=str(data_config.pages_bad_record),
     max_pixels=int(data_config.max_image_pixels),
+    train_limit=_optional_int(data_config.get("pages_train_limit")),
   )
   check_options(options)
   return options
+
+
+def _optional_int(value) -> int | None:
+  return None if value is None else int(value)
 
 
 def check_options(options: Options):
@@ -125,6 +133,10 @@ def check_options(options: Options):
   if options.bad_record not in BAD_RECORD_POLICIES:
     raise ValueError(
       f"data.pages_bad_record={options.bad_record!r} is not one of {BAD_RECORD_POLICIES}."
+    )
+  if options.train_limit is not None and options.train_limit < 1:
+    raise ValueError(
+      f"data.pages_train_limit={options.train_limit} must be at least 1 (unset = all pages)."
     )
 
 
@@ -771,11 +783,28 @@ def split_ids(options: Options, page_ids) -> dict[str, frozenset]:
   """{split: page ids}: the lists in options.split_dir, else a seeded random split by page.
 
   `page_ids`: every page id of the folder, skipped pages included, so that a
-  page that is fixed later does not move the others between splits.
+  page that is fixed later does not move the others between splits. With
+  options.train_limit, the training split keeps its first that many ids in
+  sorted order (so a smaller limit's pages are among a larger one's).
 
   Raises ValueError naming the list file and id: an id that is not in the
   folder, or in two lists.
   """
+  splits = _whole_split_ids(options, page_ids)
+  if options.train_limit is not None:
+    train = sorted(splits["train"])
+    if options.train_limit > len(train):
+      logging.warning(
+        "data.pages_train_limit=%d, but the training split of %s has %d pages: all are used.",
+        options.train_limit,
+        options.pages_dir,
+        len(train),
+      )
+    splits["train"] = frozenset(train[: options.train_limit])
+  return splits
+
+
+def _whole_split_ids(options: Options, page_ids) -> dict[str, frozenset]:
   known = sorted(set(page_ids))
   if options.split_dir is None:
     return iam_reader.random_split_ids(known, options.split_seed, options.split_fractions)
