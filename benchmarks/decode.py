@@ -24,6 +24,18 @@ same case, measured in this process: `speedup_of_cache` (uncached or torch
 seconds / cached seconds) or `cost_vs_greedy` (beam / greedy). `load_avg` is
 the 1-minute load average at the start of the case, since a shared machine
 slows every method.
+
+Each JAX line also says how much of the hardware the decoding uses (see
+benchmarks/utilisation.py): `flops_per_page`, the FLOPs of one timed call by
+XLA's cost analysis (encoder included; the cached searches' while loop,
+which XLA counts once, counted once per token: exactly `tokens` steps run;
+for uncached, the sum over the compiled calls its Python loop makes, the
+encoder and one decoder pass per token); `jax_flops_per_s`, those FLOPs over
+the median seconds per page; `matmul_peak_flops_per_s`, the FLOP/s of a
+large square float32 matmul on the same device, measured right after the
+case; `share_of_peak`, the ratio. Batch-1 decoding is bound by memory and
+per-step overhead, not by arithmetic, so its share is small. The torch lines
+hold nulls there (their FLOPs are not counted).
 """
 
 import functools
@@ -38,6 +50,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import utilisation
 from configs import default
 from fphtr_jax import tokenizer as tokenizer_lib
 from fphtr_jax import transcribe
@@ -54,6 +67,7 @@ PAGE = (1024, 1248)
 LINE = (64, 896)
 LINE_TOKENS = 45
 PREFIX_BUCKET = 32
+DTYPE = default.get_config().model.dtype  # the compute dtype, of the peak matmul too
 
 
 def _seconds(fn, runs: int) -> tuple[float, float]:
@@ -86,7 +100,8 @@ class JaxDecoder:
     )
 
   def search(self, images, tokens: int, beam_size: int = 1):
-    """A compiled f() -> DecodeOutput writing exactly `tokens` tokens per image."""
+    """A compiled f() -> DecodeOutput writing exactly `tokens` tokens per image;
+    f.flops: the FLOPs of one call."""
     fn = jax.jit(
       functools.partial(
         transcribe.decode_images,
@@ -96,11 +111,19 @@ class JaxDecoder:
         ignore_eos=True,
       )
     )
-    compiled = fn.lower(self.variables, images).compile()
-    return lambda: compiled(self.variables, images)
+    traced = fn.trace(self.variables, images)
+    compiled = traced.lower().compile()
+
+    def run():
+      return compiled(self.variables, images)
+
+    # The search's while loop runs exactly `tokens` steps (ignore_eos).
+    run.flops = utilisation.flops(compiled, traced.jaxpr, while_trips=tokens)
+    return run
 
   def uncached(self, images, tokens: int):
-    """A compiled f() -> int32 [B, tokens + 1]: the decoder re-run over the prefix each step."""
+    """A compiled f() -> int32 [B, tokens + 1]: the decoder re-run over the prefix each step;
+    f.flops: the FLOPs of one call, the sum over the compiled calls it makes."""
     model, variables = self.model, self.variables
     buffer_len = -(-tokens // PREFIX_BUCKET) * PREFIX_BUCKET + 1
     encode = jax.jit(functools.partial(model.apply, train=False, method=fphtr.FPHTR.encode))
@@ -136,6 +159,10 @@ class JaxDecoder:
         out = steps[length](variables, memory, out, jnp.int32(position))
       return out[:, : tokens + 1]
 
+    step_flops = {length: utilisation.flops(compiled) for length, compiled in steps.items()}
+    lengths = [-(-(position + 1) // PREFIX_BUCKET) * PREFIX_BUCKET for position in range(tokens)]
+    parts = [utilisation.flops(encode)] + [step_flops[length] for length in lengths]
+    run.flops = None if None in parts else sum(parts)
     return run
 
 
@@ -168,9 +195,12 @@ class TorchDecoder:
     return run
 
 
-def _case(name, method, size, tokens, seconds, runs, baseline=None, ratio_name=None, **extra):
+def _case(
+  name, method, size, tokens, seconds, runs, baseline=None, ratio_name=None, flops=None, **extra
+):
   """One JSON line; `ratio_name` = seconds / `baseline` (the cached greedy
-  seconds), on wall time and (`_cpu`) on CPU time. seconds: (wall, CPU)."""
+  seconds), on wall time and (`_cpu`) on CPU time. seconds: (wall, CPU).
+  flops: of one call (None for torch: no utilisation fields, all null)."""
   (wall, cpu) = seconds
   case = {
     "case": name,
@@ -188,6 +218,8 @@ def _case(name, method, size, tokens, seconds, runs, baseline=None, ratio_name=N
     case[ratio_name] = round(wall / baseline[0], 2)
     case[ratio_name + "_cpu"] = round(cpu / baseline[1], 2)
   case.update(extra)
+  peak = utilisation.matmul_peak_flops_per_s(DTYPE) if flops is not None else None
+  case.update(utilisation.fields(flops, wall, peak, name="flops_per_page"))
   case["load_avg"] = round(os.getloadavg()[0], 2)
   return case
 
@@ -209,8 +241,9 @@ def main(argv):
 
   # --- A line, 45 tokens: the reference's 0.307 s figure. ---------------------------
   line = image(LINE)
-  greedy_s = _seconds(jax_decoder.search(jnp.asarray(line), LINE_TOKENS), runs)
-  _emit(_case("line", "cached", LINE, LINE_TOKENS, greedy_s, runs))
+  search = jax_decoder.search(jnp.asarray(line), LINE_TOKENS)
+  greedy_s = _seconds(search, runs)
+  _emit(_case("line", "cached", LINE, LINE_TOKENS, greedy_s, runs, flops=search.flops))
   if torch_decoder is not None:
     torch_s = _seconds(torch_decoder.greedy(line, LINE_TOKENS), 1)
     _emit(_case("line", "torch", LINE, LINE_TOKENS, torch_s, 1, greedy_s, "speedup_of_cache"))
@@ -222,10 +255,21 @@ def main(argv):
     search = jax_decoder.search(page_jax, tokens)
     greedy_tokens = np.asarray(search().tokens)
     greedy_s = _seconds(search, runs)
-    _emit(_case("page", "cached", PAGE, tokens, greedy_s, runs))
-    beam_s = _seconds(jax_decoder.search(page_jax, tokens, _BEAM.value), runs)
+    _emit(_case("page", "cached", PAGE, tokens, greedy_s, runs, flops=search.flops))
+    beam = jax_decoder.search(page_jax, tokens, _BEAM.value)
+    beam_s = _seconds(beam, runs)
     _emit(
-      _case("page", f"beam{_BEAM.value}", PAGE, tokens, beam_s, runs, greedy_s, "cost_vs_greedy")
+      _case(
+        "page",
+        f"beam{_BEAM.value}",
+        PAGE,
+        tokens,
+        beam_s,
+        runs,
+        greedy_s,
+        "cost_vs_greedy",
+        flops=beam.flops,
+      )
     )
     if not _NOUNCACHED.value:
       uncached = jax_decoder.uncached(page_jax, tokens)
@@ -242,6 +286,7 @@ def main(argv):
           1,
           greedy_s,
           "speedup_of_cache",
+          flops=uncached.flops,
           same_tokens_as_cached=bool(np.array_equal(uncached_tokens, greedy_tokens)),
         )
       )

@@ -14,11 +14,22 @@ Prints one JSON line per (devices, preset), e.g.
   {"devices": 4, "preset": "fsdp", "mesh": {"data": 1, "fsdp": 4, "tensor": 1},
    "step_s": ..., "examples_per_s": ..., "param_bytes_per_device": ...,
    "opt_state_bytes_per_device": ..., "step_time_vs_baseline": ...,
-   "state_bytes_vs_baseline": ...}
+   "state_bytes_vs_baseline": ..., "flops_per_step": ..., "jax_flops_per_s": ...,
+   "matmul_peak_flops_per_s": ..., "share_of_peak": ...}
 The baseline is 1 device, data parallel, measured in the same run. The batch
 is global and fixed (strong scaling). Simulated CPU devices share the host's
 cores, so their step times show the cost of a layout's communication and
 partitioning, not the speedup real devices give; the memory figures are exact.
+
+The utilisation fields (see benchmarks/utilisation.py): `flops_per_step`, the
+FLOPs of the compiled step by XLA's cost analysis, one device's share times
+the devices (work a layout repeats on several devices, e.g. the optimizer
+update of replicated parameters, counts on each); `jax_flops_per_s`, those
+FLOPs over the median step time; `matmul_peak_flops_per_s`, the FLOP/s of a
+large square matmul in the model's compute dtype run on every device of the
+case at once (on simulated CPU devices, smaller matmuls that together do
+about the work of one), measured in the same worker after the steps;
+`share_of_peak`, the ratio.
 """
 
 import json
@@ -67,6 +78,7 @@ def run_cases(num_devices: int):
   import jax
   import numpy as np
 
+  from benchmarks import utilisation
   from fphtr_jax import optimizer, sharding, train
   from fphtr_jax import tokenizer as tokenizer_lib
 
@@ -105,16 +117,20 @@ def run_cases(num_devices: int):
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.logical_rules(config.mesh)):
       global_batch = sharding.put_batch(batch, mesh)
       start = time.perf_counter()
-      state, metrics = step(state, global_batch, rng)
+      traced = step.trace(state, global_batch, rng)
+      compiled = traced.lower().compile()
+      state, metrics = compiled(state, global_batch, rng)
       jax.block_until_ready((state, metrics))
       compile_s = time.perf_counter() - start
+      flops = utilisation.flops(compiled, traced.jaxpr, num_devices=num_devices)
       for index in range(_WARMUP.value + _STEPS.value):
         start = time.perf_counter()
-        state, metrics = step(state, global_batch, rng)
+        state, metrics = compiled(state, global_batch, rng)
         jax.block_until_ready((state, metrics))
         if index >= _WARMUP.value:
           times.append(time.perf_counter() - start)
     step_s = statistics.median(times)
+    peak = utilisation.matmul_peak_flops_per_s(config.model.dtype, devices)
     print(
       json.dumps(
         {
@@ -130,6 +146,7 @@ def run_cases(num_devices: int):
           "param_bytes_per_device": sharding.bytes_per_device(state.params, devices[0]),
           "opt_state_bytes_per_device": sharding.bytes_per_device(state.opt_state, devices[0]),
           "loss": float(metrics.compute()["loss"]),
+          **utilisation.fields(flops, step_s, peak),
         }
       ),
       flush=True,

@@ -16,10 +16,20 @@ other processes slows both alike: on a shared machine the ratio
 `speedup_vs_torch` (PyTorch median / JAX median) is the figure to compare.
 Without torch installed only the JAX figures are printed (torch fields null).
 
+Each line also says how much of the hardware the JAX step uses (see
+benchmarks/utilisation.py): `flops_per_step`, the FLOPs of the compiled step
+by XLA's cost analysis (all devices of the mesh; a grad_accum_steps scan
+counted once per micro-batch); `jax_flops_per_s`, those FLOPs over the median
+step time; `matmul_peak_flops_per_s`, the FLOP/s a large square matmul in the
+step's compute dtype (model.dtype) reaches on the same devices, measured in
+the same run after the steps; and `share_of_peak`, the ratio of the two.
+
 Prints one JSON line per case, e.g.
   {"case": "resnet18_line", "encoder": "resnet18", "batch": 4, "height": 64,
    "width": 896, "tokens": 90, "jax_step_s": ..., "jax_examples_per_s": ...,
-   "torch_step_s": ..., "speedup_vs_torch": ..., "params": ..., ...}
+   "torch_step_s": ..., "speedup_vs_torch": ..., "params": ..., ...,
+   "flops_per_step": ..., "jax_flops_per_s": ..., "matmul_peak_flops_per_s": ...,
+   "share_of_peak": ...}
 Step times are medians over --steps steps, after compilation and --warmup
 steps; the JAX step is timed until its outputs are ready (block_until_ready).
 """
@@ -37,6 +47,7 @@ import jax
 from ml_collections import config_flags
 import numpy as np
 
+from benchmarks import utilisation
 from configs import default
 from fphtr_jax import config_validation, sharding, train
 from fphtr_jax import tokenizer as tokenizer_lib
@@ -170,8 +181,11 @@ class JaxStep:
     with jax.set_mesh(self.mesh), nn.logical_axis_rules(sharding.logical_rules(config.mesh)):
       self.batch = sharding.put_batch(batch, self.mesh)
       start = time.perf_counter()
-      self.compiled = step.lower(self.state, self.batch, self.dropout_rng).compile()
+      traced = step.trace(self.state, self.batch, self.dropout_rng)
+      self.compiled = traced.lower().compile()
       self.compile_s = time.perf_counter() - start
+      # XLA's count is one device's share of the SPMD program.
+      self.flops = utilisation.flops(self.compiled, traced.jaxpr, num_devices=self.mesh.size)
 
   def __call__(self):
     self.state, metrics = self.compiled(self.state, self.batch, self.dropout_rng)
@@ -257,6 +271,8 @@ def run_case(name: str, case: Case, with_torch: bool, config=None) -> dict:
   torch_s = statistics.median(times[1]) if torch_step else None
   jax_cpu_s = statistics.median(cpu_times[0])
   torch_cpu_s = statistics.median(cpu_times[1]) if torch_step else None
+  peak_memory = peak_memory_gib()  # before the matmul below allocates its own
+  peak = utilisation.matmul_peak_flops_per_s(config.model.dtype, list(jax_step.mesh.devices.flat))
   result = {
     "case": name,
     "encoder": case.encoder,
@@ -284,8 +300,9 @@ def run_case(name: str, case: Case, with_torch: bool, config=None) -> dict:
     "torch_cpu_s": round(torch_cpu_s, 4) if torch_s else None,
     "speedup_vs_torch_cpu": round(torch_cpu_s / jax_cpu_s, 3) if torch_s else None,
     "load_avg": round(os.getloadavg()[0], 2),
-    "peak_memory_gib": peak_memory_gib(),
+    "peak_memory_gib": peak_memory,
     **param_counts(jax_step.state.params),
+    **utilisation.fields(jax_step.flops, jax_s, peak),
   }
   result.update(
     torch_step.params
