@@ -59,9 +59,12 @@ def find_runs(paths: list[str]) -> list[str]:
       workdirs.append(path)
       continue
     inside = sorted(
-      os.path.join(path, name)
-      for name in os.listdir(path)
-      if os.path.isfile(os.path.join(path, name, inference.CONFIG_FILENAME))
+      (
+        os.path.join(path, name)
+        for name in os.listdir(path)
+        if os.path.isfile(os.path.join(path, name, inference.CONFIG_FILENAME))
+      ),
+      key=natural_order,
     )
     if not inside:
       raise cli.CommandLineError(
@@ -69,6 +72,11 @@ def find_runs(paths: list[str]) -> list[str]:
       )
     workdirs += inside
   return workdirs
+
+
+def natural_order(name: str) -> list:
+  """A sort key that orders the numbers in names by value: "n=50" before "n=200"."""
+  return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
 def _test_figures(workdir: str) -> dict:

@@ -191,3 +191,12 @@ def test_evaluate_all_scores_every_kept_checkpoint_and_the_report_shows_it(bank_
   assert by_run["seed=2,steps=15"].startswith("| seed=2,steps=15 | 15 | 2 | 15 / 15 |")
   assert by_run["seed=2,steps=15"].endswith(f"({kept[-1]}) |")
   assert "1 × cpu" in by_run["seed=1"] and by_run["seed=1"].endswith("| — |")
+
+
+def test_runs_of_a_folder_come_in_the_order_of_the_numbers_in_their_names(tmp_path):
+  for name in ("n=200", "n=10", "n=50,b", "n=50", "other"):
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "config.json").write_text("{}")
+  (tmp_path / "no_run").mkdir()
+  names = [os.path.basename(w) for w in report.find_runs([str(tmp_path)])]
+  assert names == ["n=10", "n=50", "n=50,b", "n=200", "other"]
