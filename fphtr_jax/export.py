@@ -29,8 +29,13 @@ import numpy as np
 from fphtr_jax import cli, inference, sharding
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("output", None, "The model folder to write (made if missing).")
-flags.DEFINE_enum("dtype", "float16", ["float16", "bfloat16", "float32"], "Dtype of the weights.")
+
+
+def define_flags():
+  """The command's own flags, defined when it runs (not on import: `export` is a library
+  function too, and --output is also another command's flag)."""
+  flags.DEFINE_string("output", None, "The model folder to write (made if missing).")
+  flags.DEFINE_enum("dtype", "float16", ["float16", "bfloat16", "float32"], "Dtype of the weights.")
 
 
 def export(run: inference.Run, output: str, dtype: str = "float16") -> dict:
@@ -86,5 +91,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   jax.config.config_with_absl()
   app.run(main, flags_parser=cli.parse_flags_with_run_config)

@@ -29,14 +29,7 @@ from input_pipeline import composer as composer_lib
 from input_pipeline.pages import reader
 from input_pipeline.sources import synthetic
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=False)
-_FONT = flags.DEFINE_string(
-  "font", None, "Font file stem of the pages (unset = the held-out fonts)."
-)
-_SPLITS = flags.DEFINE_string("splits", "200,20,80", "Pages of the train, validation, test splits.")
-_OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Folder to write the pages into.")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of the pages' composition.")
-flags.mark_flags_as_required(["config", "output_dir"])
+FLAGS = flags.FLAGS
 
 SPLITS_DIR = "splits"
 # The pages' own seed stream, apart from those of training and evaluation.
@@ -131,18 +124,29 @@ def write_pages(config, output_dir: str, counts: tuple[int, int, int], seed: int
   }
 
 
+def define_flags():
+  """The command's flags, defined when it runs (not on import: --config is other commands' too)."""
+  config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=False)
+  flags.DEFINE_string("font", None, "Font file stem of the pages (unset = the held-out fonts).")
+  flags.DEFINE_string("splits", "200,20,80", "Pages of the train, validation, test splits.")
+  flags.DEFINE_string("output_dir", None, "Folder to write the pages into.")
+  flags.DEFINE_integer("seed", 0, "Seed of the pages' composition.")
+  flags.mark_flags_as_required(["config", "output_dir"])
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  config = _CONFIG.value
-  counts = parse_splits(_SPLITS.value)
-  if _FONT.value:
-    config.data.heldout_fonts = (_FONT.value,)
+  config = FLAGS.config
+  counts = parse_splits(FLAGS.splits)
+  if FLAGS.font:
+    config.data.heldout_fonts = (FLAGS.font,)
   config_validation.validate_config(config)
-  summary = write_pages(config, _OUTPUT_DIR.value, counts, _SEED.value)
-  logging.info("Wrote %d pages into %s.", sum(counts), _OUTPUT_DIR.value)
+  summary = write_pages(config, FLAGS.output_dir, counts, FLAGS.seed)
+  logging.info("Wrote %d pages into %s.", sum(counts), FLAGS.output_dir)
   print(json.dumps(summary))
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
