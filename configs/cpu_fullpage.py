@@ -83,11 +83,12 @@ VARIANTS = variants.Variants(
     ),
     "bf16": variants.Variant("bfloat16 compute", "dtype=bfloat16"),
     "few_shot": variants.Variant(
-      "fine-tuning on a folder of pages (give data.pages_dir and train.init_from): "
-      "300 steps at a third of the learning rate, the best of six evaluations kept; no "
-      "guided attention (real pages do not say where each character is)",
+      "the schedule of a fine-tuning run (give train.init_from, and the data: e.g. "
+      "data.source=pages, data.pages_dir): 300 steps at a third of the learning rate, the "
+      "best of six evaluations kept; no guided attention (real pages do not say where each "
+      "character is)",
       "steps=300,lr=2e-4,warmup=30,eval_every=50,ckpt_every=50,eval_examples=20",
-      {"data.source": "pages", "train.attention_loss_weight": 0.0},
+      {"train.attention_loss_weight": 0.0},
     ),
   },
   sweeps={

@@ -224,6 +224,7 @@ def test_step_zero_copies_the_source_rows_and_adds_fresh_ones(source, tmp_path, 
     assert array.sharding.is_equivalent_to(wanted, array.ndim)
 
 
+@pytest.mark.slow
 def test_an_exported_model_folder_is_a_source(source, tmp_path, bank_cache_dir):
   source_dir, source_charset, theirs = source
   config = _finetune_config(bank_cache_dir, tmp_path, source_dir, FINETUNE_STEPS)

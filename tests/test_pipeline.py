@@ -229,6 +229,7 @@ def test_create_datasets_hides_the_gpus_before_building_anything(tiny_config, mo
   assert calls == ["hidden", "hidden"]
 
 
+@pytest.mark.slow
 def test_importing_the_pipeline_imports_no_jax_and_leaves_the_gpus_alone():
   # TensorFlow imports jax itself when it is installed (its TFLite converter
   # does without): with jax blocked, only an import by the pipeline fails.

@@ -362,6 +362,7 @@ def test_sampled_words_are_deterministic_and_in_charset():
   assert all(w and set(w) <= set("abcdefghijklmnopqrstuvwxyz.,") for w in words)
 
 
+@pytest.mark.slow
 def test_module_does_not_import_jax():
   code = (
     "import sys; from input_pipeline.wordbank import bank; "
