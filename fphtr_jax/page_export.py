@@ -54,7 +54,8 @@ def _points(points) -> str:
   return " ".join(f"{x},{y}" for x, y in points)
 
 
-def _box_points(box) -> list[tuple[int, int]]:
+def box_points(box) -> list[tuple[int, int]]:
+  """The corners of a box (left, top, right, bottom; right and bottom exclusive), clockwise."""
   left, top, right, bottom = box
   return [(left, top), (right - 1, top), (right - 1, bottom - 1), (left, bottom - 1)]
 
@@ -120,7 +121,7 @@ def page_xml(
   )
   region = etree.SubElement(page, f"{ns}TextRegion", id="r1", custom="readingOrder {index:0;}")
   region_box = _union([location.box for location in locations])
-  etree.SubElement(region, f"{ns}Coords", points=_points(_box_points(region_box)))
+  etree.SubElement(region, f"{ns}Coords", points=_points(box_points(region_box)))
   char_probs = _line_char_probs(transcription)
   for index, (line, location) in enumerate(zip(transcription.lines, locations)):
     line_id = f"r1_l{index + 1}"

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 import tensorflow as tf
 
-from fphtr_jax import confidence, config_validation, line_location, page_export, pixels
+from fphtr_jax import confidence, line_location, page_export, pixels
 from input_pipeline import composer as composer_lib
 from input_pipeline.pages import reader
 from input_pipeline.sources import synthetic
@@ -66,8 +66,8 @@ def ground_truth(text: str) -> confidence.Transcription:
 def box_location(box) -> line_location.LineLocation:
   """A line's location from its box (left, top, right, bottom): its outline and bottom edge."""
   left, top, right, bottom = (int(v) for v in box)
-  polygon = [(left, top), (right - 1, top), (right - 1, bottom - 1), (left, bottom - 1)]
-  return line_location.LineLocation(box, polygon, [(left, bottom - 1), (right - 1, bottom - 1)], [])
+  baseline = [(left, bottom - 1), (right - 1, bottom - 1)]
+  return line_location.LineLocation(box, page_export.box_points(box), baseline, [])
 
 
 def page_document(image_name: str, image: np.ndarray, text: str, line_boxes) -> object:
@@ -141,7 +141,6 @@ def main(argv):
   counts = parse_splits(FLAGS.splits)
   if FLAGS.font:
     config.data.heldout_fonts = (FLAGS.font,)
-  config_validation.validate_config(config)
   summary = write_pages(config, FLAGS.output_dir, counts, FLAGS.seed)
   logging.info("Wrote %d pages into %s.", sum(counts), FLAGS.output_dir)
   print(json.dumps(summary))

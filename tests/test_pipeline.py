@@ -247,8 +247,9 @@ def test_importing_the_pipeline_imports_no_jax_and_leaves_the_gpus_alone():
       import tensorflow as tf
       calls = []
       tf.config.set_visible_devices = lambda *args: calls.append(args)
-      from input_pipeline import common, datasets, preview
+      from input_pipeline import common, datasets, preview, write_pages
       from input_pipeline.iam import tfds_builder, word_bank
+      from input_pipeline.pages import tfds_builder as pages_tfds_builder
       assert not {"jax", "jaxlib", "flax"} & set(sys.modules)
       assert calls == [], calls  # importing hides nothing
       common.hide_gpus_from_tensorflow()
