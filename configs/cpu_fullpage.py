@@ -68,6 +68,12 @@ VARIANTS = variants.Variants(
     ),
   },
   {
+    "clean": variants.Variant(
+      "the earlier versions' pages: clean, text at 0.9-1.1x its height, one in ten a lone "
+      "line, no lone words",
+      "single_lines=0.1",
+      {"data.single_word_pages": 0.0, "data.scale_range": (0.9, 1.1), "data.scan_look": 0.0},
+    ),
     "b8": variants.Variant(
       "the earlier versions' schedule: 6000 steps of 8 pages",
       "batch=8,steps=6000,warmup=500,curriculum=2400,eval_every=600,ckpt_every=400",

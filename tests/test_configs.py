@@ -276,7 +276,7 @@ def test_named_variants_are_the_flags_they_replace(monkeypatch):
       r"unknown key 'batchh'; the keys are steps \(train.num_steps\), "
       r"batch \(train.batch_size\), .*fonts \(data.extra_fonts: print \| sans \| none\)",
     ),
-    ("b9", r"unknown variant 'b9'; the keys are .*; the named variants are b8, wide_hands"),
+    ("b9", r"unknown variant 'b9'; the keys are .*; the named variants are clean, b8, wide_hands"),
     ("batch", r"unknown variant 'batch' \(batch is a key: give it as batch=VALUE\)"),
     ("b8=1", r"unknown key 'b8' \(b8 is a named variant: give it without a value\)"),
     # A bad value: the key, its field, the value and what it takes.
