@@ -65,6 +65,12 @@ def get_config(arg=None):
   config.data.line_width = (750, 999)  # lines also break at the canvas edge
   config.data.line_gap = (12, 49)
   config.data.page_margin = (50, 99)
+  # Uneven lines (0 = off): each gap between lines is line_gap times a factor
+  # drawn in [1 - line_gap_jitter, 1 + line_gap_jitter] (at most 1); each line
+  # slopes by up to line_tilt degrees (at most 10) and wanders along a slow
+  # sine of up to line_tilt / 10 word heights.
+  config.data.line_gap_jitter = 0.0
+  config.data.line_tilt = 0.0
   config.data.augment = True
   # Largest random rotation, degrees; also limited by the room around the text.
   config.data.max_rotation = 2.0

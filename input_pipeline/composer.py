@@ -13,6 +13,10 @@ seed.
 
 Layout ranges in the config are in pixels at a word height of 40 px (IAM at
 half resolution, ~140 dpi) and are scaled by the bank's word height.
+
+Two options make lines less regular than a font's (both off at 0):
+`data.line_gap_jitter` draws each gap between lines on its own, and
+`data.line_tilt` tilts each line and lets it wander (`_line_shifts`).
 """
 
 import dataclasses
@@ -31,6 +35,10 @@ GLYPH_CENTRE_FRACTION = 0.6
 # Separators written before a word in the target text, by code.
 _SEPARATORS = ("", " ", "\n")
 _NO_SEPARATOR, _SPACE, _NEWLINE = 0, 1, 2
+# Largest data.line_tilt, degrees: steeper lines are not a page's lines any more.
+MAX_LINE_TILT = 10.0
+# A line's wander: amplitude up to WANDER * word_height per degree of data.line_tilt.
+WANDER = 0.1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +57,8 @@ class Layout:
   margin_y: tuple[int, int]  # top and bottom
   max_chars: int  # longest target text, in characters
   max_lines: int  # static bound on the lines of one example
+  line_gap_jitter: float = 0.0  # each line gap is line_gap times U[1 - j, 1 + j]
+  line_tilt: float = 0.0  # degrees: each line's slope in [-tilt, tilt], and its wander
 
 
 def _scaled(value_range, scale: float, field: str) -> tuple[int, int]:
@@ -88,6 +98,15 @@ def resolve_layout(data_config, word_height: int, level: str | None = None) -> L
   line_width = _scaled(data_config.line_width, scale, "line_width")
   line_gap = _scaled(data_config.line_gap, scale, "line_gap")
   margin = _scaled(data_config.page_margin, scale, "page_margin")
+  # Absent from data configs made before these fields existed: off.
+  jitter = float(data_config.get("line_gap_jitter", 0.0))
+  tilt = float(data_config.get("line_tilt", 0.0))
+  if not 0 <= jitter <= 1:
+    raise ValueError(f"data.line_gap_jitter={jitter} must be in [0, 1] (0 = even line gaps).")
+  if not 0 <= tilt <= MAX_LINE_TILT:
+    raise ValueError(
+      f"data.line_tilt={tilt} must be in [0, {MAX_LINE_TILT}] degrees (0 = straight lines)."
+    )
 
   if level == "form":
     num_words = tuple(data_config.words_per_form)
@@ -95,7 +114,9 @@ def resolve_layout(data_config, word_height: int, level: str | None = None) -> L
     margin_x = _fit(margin, width // 8)
     margin_y = _fit(margin, min(height // 8, (height - word_height) // 2))
     usable = height - 2 * margin_y[0]
-    max_lines = max(1, (usable + line_gap[0]) // (word_height + line_gap[0]))
+    # The smallest gap a jittered line gap can round to.
+    least_gap = int(line_gap[0] * (1 - jitter))
+    max_lines = max(1, (usable + least_gap) // (word_height + least_gap))
   else:
     num_words = tuple(data_config.words_per_line) if level == "line" else (1, 1)
     # A line or a word sits near the left edge, anywhere in height.
@@ -120,6 +141,8 @@ def resolve_layout(data_config, word_height: int, level: str | None = None) -> L
     margin_y=margin_y,
     max_chars=max_chars,
     max_lines=min(max_lines, num_words[1]),
+    line_gap_jitter=jitter,
+    line_tilt=tilt,
   )
 
 
@@ -228,9 +251,11 @@ class SyntheticComposer:
     left, right = tf.unstack(_randint(seeds[3], lay.margin_x[0], lay.margin_x[1], [2]))
     if lay.level == "form":
       top, bottom = tf.unstack(_randint(seeds[4], lay.margin_y[0], lay.margin_y[1], [2]))
+      # Rows a line's shifts may take: the first line always fits.
+      room = height - top - bottom - word_height
     else:
-      top, bottom = _randint(seeds[4], 0, height - word_height), 0
-      right = 0
+      bottom, right = 0, 0
+      room = height - word_height  # the top row is drawn once the line's shifts are known
     line_gap = _randint(seeds[5], lay.line_gap[0], lay.line_gap[1])
     line_width = tf.minimum(
       _randint(seeds[6], lay.line_width[0], lay.line_width[1]), width - left - right
@@ -263,19 +288,38 @@ class SyntheticComposer:
     separators = tf.concat([[_NO_SEPARATOR], separators[1:]], axis=0)
     chars = tf.gather(self.lengths, ids) + tf.cast(separators != _NO_SEPARATOR, tf.int32)
 
-    pitch = word_height + line_gap
-    if lay.level == "form":
-      lines_that_fit = (height - top - bottom + line_gap) // pitch
-    else:
-      lines_that_fit = 1
+    # Keep the longest prefix that fits: the text stays exactly the words drawn.
     fits = (
       (position < num_sampled)
-      & (lines < lines_that_fit)
       & (left + xs + word_widths <= width)
       & (tf.cumsum(chars) <= lay.max_chars)
     )
-    # Keep the longest prefix that fits: the text stays exactly the words drawn.
-    kept = tf.cast(tf.math.cumprod(tf.cast(fits, tf.int32)), tf.bool)
+    candidate = tf.cast(tf.math.cumprod(tf.cast(fits, tf.int32)), tf.bool)
+    line_index = tf.range(lay.max_lines, dtype=tf.int32)
+    line_words = candidate[None, :] & (lines[None, :] == line_index[:, None])
+    line_ends = tf.reduce_max(tf.where(line_words, (xs + word_widths)[None, :], 0), axis=1)
+    # seeds[7] is new with these options: the draws of seeds[:7] stay as they were.
+    line_gap_seed, shift_seed = tf.unstack(tf.random.experimental.stateless_split(seeds[7], 2))
+    shifts = self._line_shifts(shift_seed, line_ends, left, room)
+    spans = tf.reduce_max(shifts, axis=1)
+    if lay.level == "form":
+      # Each gap on its own: line_gap times U[1 - jitter, 1 + jitter], >= 0 as jitter <= 1.
+      factors = 1.0 + lay.line_gap_jitter * tf.random.stateless_uniform(
+        [lay.max_lines], line_gap_seed, -1.0, 1.0, alg="philox"
+      )
+      line_gaps = tf.cast(tf.round(tf.cast(line_gap, tf.float32) * factors), tf.int32)
+      # A line keeps its word height plus its span of shifts: lines never overlap.
+      pitches = word_height + spans + line_gaps
+      line_tops = top + tf.concat([[0], tf.cumsum(pitches)[:-1]], axis=0)
+      # Whole lines only (line tops only grow): a line cut at the bottom is dropped.
+      lines_that_fit = tf.reduce_sum(
+        tf.cast(line_tops + word_height + spans <= height - bottom, tf.int32)
+      )
+    else:
+      top = _randint(seeds[4], 0, height - word_height - spans[0])
+      line_tops = top[None]
+      lines_that_fit = 1
+    kept = candidate & (lines < lines_that_fit)
     num_words = tf.reduce_sum(tf.cast(kept, tf.int32))
     num_lines = tf.gather(lines, num_words - 1) + 1
 
@@ -288,22 +332,42 @@ class SyntheticComposer:
       )
     )
 
-    ink = self._render(ids, lines, xs, word_widths, kept, num_words, num_lines, top, left, pitch)
+    ink = self._render(
+      ids, lines, xs, word_widths, kept, num_words, num_lines, left, line_tops, shifts
+    )
 
-    tops = top + lines * pitch
+    word_lines = tf.minimum(lines, lay.max_lines - 1)
+    tops = tf.gather(line_tops, word_lines)
     lefts = left + xs
-    boxes = tf.stack([tops, lefts, tops + word_height, lefts + word_widths], axis=1)
+    # A word's box spans its line's shifts over the word's own columns.
+    columns = tf.range(width, dtype=tf.int32)[None, :]
+    in_word = (columns >= lefts[:, None]) & (columns < (lefts + word_widths)[:, None])
+    word_shifts = tf.gather(shifts, word_lines)
+    shift_low = tf.reduce_min(tf.where(in_word, word_shifts, height), axis=1)
+    shift_high = tf.reduce_max(tf.where(in_word, word_shifts, 0), axis=1)
+    boxes = tf.stack(
+      [tops + shift_low, lefts, tops + shift_high + word_height, lefts + word_widths], axis=1
+    )
     boxes = tf.where(kept[:, None], boxes, 0)
     content_box = tf.stack(
       [
-        top,
+        tf.reduce_min(tf.where(kept, boxes[:, 0], height)),
         left,
-        top + (num_lines - 1) * pitch + word_height,
+        tf.reduce_max(tf.where(kept, boxes[:, 2], 0)),
         tf.reduce_max(tf.where(kept, lefts + word_widths, 0)),
       ]
     )
     glyphs = self._glyph_centres(
-      separators, chars, tf.gather(self.lengths, ids), gaps, tops, lefts, word_widths, num_words
+      separators,
+      chars,
+      tf.gather(self.lengths, ids),
+      gaps,
+      tops,
+      lefts,
+      word_widths,
+      num_words,
+      word_lines,
+      shifts,
     )
     # Each line's box: the union of its words' boxes.
     on_line = kept[None, :] & (lines[None, :] == tf.range(lay.max_lines, dtype=tf.int32)[:, None])
@@ -329,15 +393,18 @@ class SyntheticComposer:
       "line_boxes": line_boxes,
     }
 
-  def _glyph_centres(self, separators, chars, lengths, gaps, tops, lefts, widths, num_words):
+  def _glyph_centres(
+    self, separators, chars, lengths, gaps, tops, lefts, widths, num_words, word_lines, shifts
+  ):
     """float32 [max_chars + 1, 2]: (y, x) on the canvas of each text character, then <EOS>.
 
     A letter sits at its share of its word's width (letters are taken as
-    equally wide), at the middle of the lower-case letters. A space sits in
-    the gap before its word; a line break and <EOS> just right of the word
-    they follow. Rows past <EOS> are zero.
+    equally wide), at the middle of the lower-case letters, moved down by its
+    line's shift at its column. A space sits in the gap before its word; a
+    line break and <EOS> just right of the word they follow. Rows past <EOS>
+    are zero.
     """
-    word_height = self.layout.word_height
+    word_height, width = self.layout.word_height, self.layout.canvas_width
     position = tf.range(self.layout.max_chars + 1, dtype=tf.int32)
     ends = tf.cumsum(chars[:num_words])
     # Positions at and past the end of the text belong to <EOS>, after the last word.
@@ -359,16 +426,49 @@ class SyntheticComposer:
     after_x = tf.cast(tf.gather(lefts, before) + tf.gather(widths, before), tf.float32) + after_gap
     after = is_eos | (has_separator & (offset == 0))
     x = tf.where(after, after_x, letter_x)
-    y = (
-      tf.cast(tf.gather(tops, tf.where(after, before, word)), tf.float32)
-      + GLYPH_CENTRE_FRACTION * word_height
-    )
+    owner = tf.where(after, before, word)
+    column = tf.clip_by_value(tf.cast(tf.floor(x), tf.int32), 0, width - 1)
+    shift = tf.gather_nd(shifts, tf.stack([tf.gather(word_lines, owner), column], axis=1))
+    y = tf.cast(tf.gather(tops, owner) + shift, tf.float32) + GLYPH_CENTRE_FRACTION * word_height
     centres = tf.stack([y, x], axis=1)
     in_text = position <= tf.gather(ends, num_words - 1)
     return tf.where(in_text[:, None], centres, 0.0)
 
-  def _render(self, ids, lines, xs, word_widths, kept, num_words, num_lines, top, left, pitch):
-    """uint8 [H, W] canvas by gathering strip columns: no scatter, no loop."""
+  def _line_shifts(self, seed, line_ends, left, room):
+    """int32 [max_lines, W]: how far down each line's ink is moved at each canvas column.
+
+    With data.line_tilt > 0, a line slopes at an angle drawn in [-tilt, tilt]
+    degrees and wanders along a sine of one canvas width's period, a random
+    phase and an amplitude drawn in [0, WANDER * word_height * tilt]. Shifts
+    count from the line's highest point over its columns, from `left` to
+    `left + line_ends` (past its ends a line keeps its end value), so they are
+    >= 0 and the line's ink stays within its word height plus its span (its
+    largest shift) below its top row. A span over `room` rows is scaled down
+    to it, so that a line alone always fits the canvas.
+    """
+    lay = self.layout
+    max_lines, width = lay.max_lines, lay.canvas_width
+    if not lay.line_tilt:
+      return tf.zeros([max_lines, width], tf.int32)
+    slope, amplitude, phase = tf.unstack(
+      tf.random.stateless_uniform([3, max_lines, 1], seed, alg="philox")
+    )
+    slope = tf.tan(np.radians(lay.line_tilt) * (2.0 * slope - 1.0))
+    amplitude = WANDER * lay.word_height * lay.line_tilt * amplitude
+    last = left + tf.maximum(line_ends, 1)[:, None] - 1
+    column = tf.minimum(tf.maximum(tf.range(width, dtype=tf.int32)[None, :], left), last)
+    column = tf.cast(column, tf.float32)
+    raw = slope * column + amplitude * tf.sin(2.0 * np.pi * (column / width + phase))
+    low = tf.reduce_min(raw, axis=1, keepdims=True)
+    spread = tf.reduce_max(raw, axis=1, keepdims=True) - low
+    room = tf.cast(room, tf.float32)
+    scale = tf.where(spread > room, tf.math.divide_no_nan(room, spread), 1.0)
+    return tf.cast(tf.round((raw - low) * scale), tf.int32)
+
+  def _render(
+    self, ids, lines, xs, word_widths, kept, num_words, num_lines, left, line_tops, shifts
+  ):
+    """uint8 [H, W] canvas by gathering strip columns, then pixels: no scatter, no loop."""
     lay = self.layout
     height, width, word_height = lay.canvas_height, lay.canvas_width, lay.word_height
     max_lines = lay.max_lines
@@ -390,12 +490,22 @@ class SyntheticComposer:
     column = tf.gather(self.offsets, tf.gather(ids, word_clipped)) + x - word_x
     column = tf.where(inside, column, self.blank_column)
     line_images = tf.gather(self.strip_columns, column)  # [max_lines, W, word_height]
-    rows = tf.reshape(tf.transpose(line_images, [0, 2, 1]), [max_lines * word_height, width])
-    rows = tf.concat([rows, tf.zeros([1, width], tf.uint8)], axis=0)
 
-    y = tf.range(height, dtype=tf.int32) - top
-    row_line = tf.math.floordiv(y, pitch)
-    row_in_line = y - row_line * pitch
-    on_line = (y >= 0) & (row_in_line < word_height) & (row_line < num_lines)
-    source_row = tf.where(on_line, row_line * word_height + row_in_line, max_lines * word_height)
-    return tf.gather(rows, source_row)
+    # Each canvas row's line (line tops only grow) and row below that line's top.
+    y = tf.range(height, dtype=tf.int32)
+    row_line = tf.searchsorted(line_tops, y, side="right") - 1
+    line = tf.maximum(row_line, 0)
+    row = y - tf.gather(line_tops, line)
+    on_line = (row_line >= 0) & (row_line < num_lines)
+    if not lay.line_tilt:
+      # Straight lines: a canvas row is a row of its line's image, a gather of whole rows.
+      rows = tf.reshape(tf.transpose(line_images, [0, 2, 1]), [max_lines * word_height, width])
+      rows = tf.concat([rows, tf.zeros([1, width], tf.uint8)], axis=0)
+      on_line &= row < word_height
+      return tf.gather(rows, tf.where(on_line, line * word_height + row, max_lines * word_height))
+    # Tilted lines: pixel (y, x) shows row y - line top - shift at x of its line's image.
+    row = row[:, None] - tf.gather(shifts, line)
+    on_line = on_line[:, None] & (row >= 0) & (row < word_height)
+    pixels = tf.concat([tf.reshape(line_images, [-1]), tf.zeros([1], tf.uint8)], axis=0)
+    source = (line[:, None] * width + tf.range(width, dtype=tf.int32)[None, :]) * word_height + row
+    return tf.gather(pixels, tf.where(on_line, source, max_lines * width * word_height))
