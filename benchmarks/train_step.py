@@ -16,6 +16,12 @@ other processes slows both alike: on a shared machine the ratio
 `speedup_vs_torch` (PyTorch median / JAX median) is the figure to compare.
 Without torch installed only the JAX figures are printed (torch fields null).
 
+On a CPU, a third step alternates with those two (`--noxla_defaults` drops
+it): the same JAX step compiled with XLA's own CPU defaults, which hand
+convolutions to YNNPACK, where fphtr_jax keeps them in XLA (fphtr_jax's
+package docstring). `speedup_vs_xla_defaults` is its median over the JAX
+step's, and `xla_defaults_speedup_vs_torch_cpu` the PyTorch ratio it had.
+
 Each line also says how much of the hardware the JAX step uses (see
 benchmarks/utilisation.py): `flops_per_step`, the FLOPs of the compiled step
 by XLA's cost analysis (all devices of the mesh; a grad_accum_steps scan
@@ -49,6 +55,7 @@ import numpy as np
 
 from benchmarks import utilisation
 from configs import default
+import fphtr_jax
 from fphtr_jax import config_validation, sharding, train
 from fphtr_jax import tokenizer as tokenizer_lib
 from fphtr_jax.models import resnet
@@ -94,6 +101,12 @@ _RNG_IMPL = flags.DEFINE_string(
   "rng_impl", None, "JAX PRNG for dropout (train.rng_impl); default: the config's."
 )
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the random batch.")
+_XLA_DEFAULTS = flags.DEFINE_bool(
+  "xla_defaults",
+  True,
+  "On a CPU, also time the step compiled with XLA's own YNNPACK fusions (convolutions "
+  "too): the baseline of the CPU option that fphtr_jax sets (fphtr_jax/__init__.py).",
+)
 _CONFIG = config_flags.DEFINE_config_file(
   "config",
   None,
@@ -164,7 +177,7 @@ def param_counts(params) -> dict:
 class JaxStep:
   """The project's jitted train_step on one fixed batch, state carried along."""
 
-  def __init__(self, config, batch: dict):
+  def __init__(self, config, batch: dict, compiler_options: dict | None = None):
     tokenizer = tokenizer_lib.Tokenizer(config.data.charset)
     self.mesh = sharding.create_mesh(config.mesh)
     rng = jax.random.key(config.train.seed, impl=config.train.rng_impl)
@@ -182,7 +195,7 @@ class JaxStep:
       self.batch = sharding.put_batch(batch, self.mesh)
       start = time.perf_counter()
       traced = step.trace(self.state, self.batch, self.dropout_rng)
-      self.compiled = traced.lower().compile()
+      self.compiled = traced.lower().compile(compiler_options)
       self.compile_s = time.perf_counter() - start
       # XLA's count is one device's share of the SPMD program.
       self.flops = utilisation.flops(self.compiled, traced.jaxpr, num_devices=self.mesh.size)
@@ -253,8 +266,12 @@ def run_case(name: str, case: Case, with_torch: bool, config=None) -> dict:
   vocab_size = tokenizer_lib.Tokenizer(config.data.charset).vocab_size
   batch = random_batch(case, vocab_size, _SEED.value, glyphs=config.train.attention_loss_weight > 0)
   jax_step = JaxStep(config, batch)
+  xla_defaults_step = None
+  if _XLA_DEFAULTS.value and jax.default_backend() == "cpu":
+    option = fphtr_jax.YNN_FUSION_FLAG.removeprefix("--")
+    xla_defaults_step = JaxStep(config, batch, {option: fphtr_jax.XLA_DEFAULT_YNN_FUSIONS})
   torch_step = TorchStep(config, batch) if with_torch else None
-  steps = [jax_step] + ([torch_step] if torch_step else [])
+  steps = [step for step in (jax_step, xla_defaults_step, torch_step) if step]
 
   for _ in range(_WARMUP.value):
     for step in steps:
@@ -268,9 +285,12 @@ def run_case(name: str, case: Case, with_torch: bool, config=None) -> dict:
       cpu_seconds.append(cpu)
 
   jax_s = statistics.median(times[0])
-  torch_s = statistics.median(times[1]) if torch_step else None
   jax_cpu_s = statistics.median(cpu_times[0])
-  torch_cpu_s = statistics.median(cpu_times[1]) if torch_step else None
+  xla_s = statistics.median(times[1]) if xla_defaults_step else None
+  xla_cpu_s = statistics.median(cpu_times[1]) if xla_defaults_step else None
+  torch_s = statistics.median(times[-1]) if torch_step else None
+  torch_cpu_s = statistics.median(cpu_times[-1]) if torch_step else None
+  torch_times = times[-1]
   peak_memory = peak_memory_gib()  # before the matmul below allocates its own
   peak = utilisation.matmul_peak_flops_per_s(config.model.dtype, list(jax_step.mesh.devices.flat))
   result = {
@@ -290,15 +310,24 @@ def run_case(name: str, case: Case, with_torch: bool, config=None) -> dict:
     "jax_step_s_range": [round(min(times[0]), 4), round(max(times[0]), 4)],
     "jax_examples_per_s": round(case.batch / jax_s, 3),
     "torch_step_s": round(torch_s, 4) if torch_s else None,
-    "torch_step_s_range": ([round(min(times[1]), 4), round(max(times[1]), 4)] if torch_s else None),
+    "torch_step_s_range": (
+      [round(min(torch_times), 4), round(max(torch_times), 4)] if torch_s else None
+    ),
     "torch_examples_per_s": round(case.batch / torch_s, 3) if torch_s else None,
     "speedup_vs_torch": round(torch_s / jax_s, 3) if torch_s else None,
     # Fastest steps: what each does when the machine leaves it alone.
-    "speedup_vs_torch_min": round(min(times[1]) / min(times[0]), 3) if torch_s else None,
+    "speedup_vs_torch_min": round(min(torch_times) / min(times[0]), 3) if torch_s else None,
     # CPU seconds per step (all threads): what each costs whatever the load.
     "jax_cpu_s": round(jax_cpu_s, 4),
     "torch_cpu_s": round(torch_cpu_s, 4) if torch_s else None,
     "speedup_vs_torch_cpu": round(torch_cpu_s / jax_cpu_s, 3) if torch_s else None,
+    # The same step compiled with XLA's own CPU defaults (before fphtr_jax's option).
+    "xla_defaults_step_s": round(xla_s, 4) if xla_s else None,
+    "xla_defaults_cpu_s": round(xla_cpu_s, 4) if xla_s else None,
+    "speedup_vs_xla_defaults": round(xla_s / jax_s, 3) if xla_s else None,
+    "xla_defaults_speedup_vs_torch_cpu": (
+      round(torch_cpu_s / xla_cpu_s, 3) if xla_s and torch_s else None
+    ),
     "load_avg": round(os.getloadavg()[0], 2),
     "peak_memory_gib": peak_memory,
     **param_counts(jax_step.state.params),

@@ -48,11 +48,17 @@ class Run:
 def find_runs(paths: list[str]) -> list[str]:
   """The workdirs of `paths`: each a workdir (it has config.json) or a folder of them.
 
+  Files are passed over: a shell glob over a sweep's folder (`report DIR/*`)
+  also matches the files beside its runs, such as the sweep's TensorBoard
+  experiment.
+
   Raises:
-    cli.CommandLineError: a path that is missing, or holds no run.
+    cli.CommandLineError: a path that is missing, or holds no run; only files.
   """
   workdirs = []
   for path in paths:
+    if os.path.isfile(path):
+      continue
     if not os.path.isdir(path):
       raise cli.CommandLineError(f"{path}: no such folder; give workdirs or folders of them.")
     if os.path.isfile(os.path.join(path, inference.CONFIG_FILENAME)):
@@ -71,6 +77,8 @@ def find_runs(paths: list[str]) -> list[str]:
         f"{path} is not a training run's workdir (no {inference.CONFIG_FILENAME}) and holds none."
       )
     workdirs += inside
+  if not workdirs:
+    raise cli.CommandLineError(f"{' '.join(paths)}: files, not workdirs or folders of them.")
   return workdirs
 
 

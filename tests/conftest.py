@@ -14,6 +14,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The project's XLA options (fphtr_jax/__init__.py), set before any test starts
+# JAX's backend, in this process and the commands the tests start.
+import fphtr_jax  # noqa: E402, F401
 
 # One persistent JAX compilation cache for the whole session, in this process
 # and in the training processes the tests start: most of them compile the same

@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from fphtr_jax import curves, evaluate, report
+from fphtr_jax import cli, curves, evaluate, report
 from tests import tiny_sweep
 
 ROOT = tiny_sweep.ROOT
@@ -191,6 +191,18 @@ def test_evaluate_all_scores_every_kept_checkpoint_and_the_report_shows_it(bank_
   assert by_run["seed=2,steps=15"].startswith("| seed=2,steps=15 | 15 | 2 | 15 / 15 |")
   assert by_run["seed=2,steps=15"].endswith(f"({kept[-1]}) |")
   assert "1 × cpu" in by_run["seed=1"] and by_run["seed=1"].endswith("| — |")
+
+
+def test_files_among_the_paths_are_passed_over_but_files_alone_are_refused(tmp_path):
+  # A glob over a sweep's folder also matches its TensorBoard experiment file.
+  (tmp_path / "run").mkdir()
+  (tmp_path / "run" / "config.json").write_text("{}")
+  events = tmp_path / "events.out.tfevents.1.host.0.hparams"
+  events.write_text("")
+  paths = sorted(str(p) for p in tmp_path.iterdir())
+  assert report.find_runs(paths) == [str(tmp_path / "run")]
+  with pytest.raises(cli.CommandLineError, match="files, not workdirs"):
+    report.find_runs([str(events)])
 
 
 def test_runs_of_a_folder_come_in_the_order_of_the_numbers_in_their_names(tmp_path):
