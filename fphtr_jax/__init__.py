@@ -10,6 +10,13 @@ in the default model, with the same numbers. So only matrix products (and
 what fuses into them) go to YNNPACK. An `XLA_FLAGS` that names the option
 itself wins; the option is inert on GPUs and TPUs, and is not applied when
 JAX's backend started before this package was imported.
+
+It also keeps TensorFlow (the input pipeline) off its oneDNN kernels unless
+`TF_ENABLE_ONEDNN_OPTS` says otherwise. TensorFlow turns them on by itself on
+some x86 CPUs only, so the same seed would compose slightly different pages
+on different machines; on an AVX-512 CPU measured they also made the
+pipeline slower (benchmarks/pipeline.py: 10.5-10.9 against 8.1-8.6 CPU ms per
+page on 2 threads), and TensorFlow announces them on stderr when it loads.
 """
 
 import os
@@ -27,3 +34,5 @@ if YNN_FUSION_FLAG not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (
     f"{os.environ.get('XLA_FLAGS', '')} {YNN_FUSION_FLAG}={YNN_FUSIONS}".lstrip()
   )
+
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")

@@ -9,6 +9,13 @@ case " $* " in
   *" tests"*) ;;
   *) set -- tests "$@" ;;
 esac
+# Test files run side by side in FPHTR_TEST_WORKERS processes (pytest-xdist),
+# each file's tests in one process, in order, so that a file's fixtures are
+# built once; `-n 0` runs everything in this process.
+case " $* " in
+  *" -n"*|*" --numprocesses"*) ;;
+  *) set -- -n "${FPHTR_TEST_WORKERS:-3}" --dist loadfile "$@" ;;
+esac
 set +e
 python -m pytest -q "$@"
 status=$?

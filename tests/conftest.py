@@ -1,6 +1,8 @@
 """Shared fixtures: the tiny config, with word banks cached once per session."""
 
 import atexit
+import contextlib
+import fcntl
 import os
 import shutil
 import subprocess
@@ -18,19 +20,48 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # JAX's backend, in this process and the commands the tests start.
 import fphtr_jax  # noqa: E402, F401
 
-# One persistent JAX compilation cache for the whole session, in this process
-# and in the training processes the tests start: most of them compile the same
-# tiny-config steps, which is most of their run time on a small CPU.
-_COMPILATION_CACHE = tempfile.mkdtemp(prefix="fphtr_jax_test_compilation_cache_")
-atexit.register(shutil.rmtree, _COMPILATION_CACHE, ignore_errors=True)
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _COMPILATION_CACHE)
+# One persistent JAX compilation cache for the whole run, in this process, the
+# pytest-xdist workers (they inherit the environment of the process that
+# starts them) and the training processes the tests start: most of them
+# compile the same tiny-config steps, which is most of their run time on a
+# small CPU.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _COMPILATION_CACHE = tempfile.mkdtemp(prefix="fphtr_jax_test_compilation_cache_")
+  atexit.register(shutil.rmtree, _COMPILATION_CACHE, ignore_errors=True)
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _COMPILATION_CACHE
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 
 
+def shared_path(tmp_path_factory, name: str):
+  """A path of this test run that every pytest-xdist worker shares.
+
+  Each worker has a base folder of its own; they sit side by side in the
+  run's folder. Without xdist the run's base folder is the process's own.
+  """
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    root = root.parent
+  return root / name
+
+
+@contextlib.contextmanager
+def exclusive(path):
+  """Holds a lock on `path`.lock: one process of the run at a time builds what is there."""
+  with open(f"{path}.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 @pytest.fixture(scope="session")
 def bank_cache_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("word_banks"))
+  """One word-bank cache for the whole run (banks are written atomically)."""
+  path = shared_path(tmp_path_factory, "word_banks")
+  path.mkdir(exist_ok=True)
+  return str(path)
 
 
 @pytest.fixture
@@ -62,8 +93,20 @@ TINY_TRAIN_FLAGS = (
 
 @pytest.fixture(scope="session")
 def trained_tiny_workdir(tmp_path_factory, bank_cache_dir):
-  """Workdir of configs/tiny.py trained for TINY_TRAIN_STEPS steps by the training CLI."""
-  workdir = str(tmp_path_factory.mktemp("trained_tiny") / "run")
+  """Workdir of configs/tiny.py trained for TINY_TRAIN_STEPS steps by the training CLI.
+
+  Trained once per test run: the first worker to need it trains it, the others wait.
+  """
+  folder = shared_path(tmp_path_factory, "trained_tiny")
+  workdir, done = str(folder / "run"), folder / "trained"
+  with exclusive(folder):
+    if not done.exists():
+      _train_tiny(workdir, bank_cache_dir)
+      done.touch()
+  return workdir
+
+
+def _train_tiny(workdir: str, bank_cache_dir: str):
   command = [
     sys.executable,
     "-m",
@@ -75,7 +118,6 @@ def trained_tiny_workdir(tmp_path_factory, bank_cache_dir):
   ]
   result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
   assert result.returncode == 0, result.stderr[-5000:]
-  return workdir
 
 
 # --- Training runs in a subprocess, as a user starts them ----------------------
