@@ -18,6 +18,7 @@ of the process) of each framework, and `speedup_vs_torch_cpu` (PyTorch's CPU
 time over JAX's) and `speedup_vs_torch` (the same for wall time).
 """
 
+import dataclasses
 import json
 import statistics
 
@@ -77,13 +78,10 @@ def run_case(name: str, case: train_step.Case) -> dict:
   times = {name: [] for name in steps}
   for _ in range(flags.FLAGS.steps):
     for framework, step in steps.items():
-      times[framework].append(train_step._seconds(step))  # pylint: disable=protected-access
+      times[framework].append(train_step.seconds(step))
   result = {
     "case": name,
-    "encoder": case.encoder,
-    "batch": case.batch,
-    "height": case.height,
-    "width": case.width,
+    **dataclasses.asdict(case),
     "backend": jax.default_backend(),
     "steps": flags.FLAGS.steps,
   }

@@ -253,7 +253,7 @@ class TorchStep:
     self.step(self.images, self.tokens)
 
 
-def _seconds(fn) -> tuple[float, float]:
+def seconds(fn) -> tuple[float, float]:
   """(wall, CPU) seconds of one call; CPU time counts all threads of this process."""
   start, start_cpu = time.perf_counter(), time.process_time()
   fn()
@@ -279,10 +279,10 @@ def run_case(name: str, case: Case, with_torch: bool, config=None) -> dict:
   # Alternate the frameworks so that outside load hits both alike.
   times, cpu_times = [[] for _ in steps], [[] for _ in steps]
   for _ in range(_STEPS.value):
-    for step, seconds, cpu_seconds in zip(steps, times, cpu_times):
-      wall, cpu = _seconds(step)
-      seconds.append(wall)
-      cpu_seconds.append(cpu)
+    for step, walls, cpus in zip(steps, times, cpu_times):
+      wall, cpu = seconds(step)
+      walls.append(wall)
+      cpus.append(cpu)
 
   jax_s = statistics.median(times[0])
   jax_cpu_s = statistics.median(cpu_times[0])

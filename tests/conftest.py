@@ -48,12 +48,9 @@ def shared_path(tmp_path_factory, name: str):
 @contextlib.contextmanager
 def exclusive(path):
   """Holds a lock on `path`.lock: one process of the run at a time builds what is there."""
-  with open(f"{path}.lock", "w") as lock:
+  with open(f"{path}.lock", "w") as lock:  # closing it releases the lock
     fcntl.flock(lock, fcntl.LOCK_EX)
-    try:
-      yield
-    finally:
-      fcntl.flock(lock, fcntl.LOCK_UN)
+    yield
 
 
 @pytest.fixture(scope="session")
