@@ -87,6 +87,23 @@ VARIANTS = variants.Variants(
       "five times the training writers (13 styles a font instead of 3)",
       fields={"data.train_words_per_writer": (40, 80)},
     ),
+    "real_look": variants.Variant(
+      "pages more like real ones: lines that tilt and wander, uneven line gaps, word sizes "
+      "that drift along the text, letters bent a little out of their font's shapes, and one "
+      "page in five a lone line",
+      "distortion=0.05,single_lines=0.2",
+      {"data.line_tilt": 2.0, "data.line_gap_jitter": 0.3, "data.size_drift": 0.3},
+    ),
+    "lines12": variants.Variant(
+      "pages of up to 12-14 lines of 7-11 words: a 512x512 canvas, 24 px words, 16-150 "
+      "words, up to 800 tokens (a step costs about three of the recipe's)",
+      fields={
+        "data.image_height": 512,
+        "data.word_height": 24,
+        "data.words_per_form": (16, 150),
+        "data.max_len": 800,
+      },
+    ),
     "bf16": variants.Variant("bfloat16 compute", "dtype=bfloat16"),
     "few_shot": variants.Variant(
       "the schedule of a fine-tuning run (give train.init_from, and the data: e.g. "

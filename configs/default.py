@@ -71,6 +71,9 @@ def get_config(arg=None):
   # sine of up to line_tilt / 10 word heights.
   config.data.line_gap_jitter = 0.0
   config.data.line_tilt = 0.0
+  # Share of the words struck through with a pen stroke (at most 0.5), as a
+  # writer crosses out a mistake: on the page, not in the target text.
+  config.data.crossed_out = 0.0
   config.data.augment = True
   # Largest random rotation, degrees; also limited by the room around the text.
   config.data.max_rotation = 2.0
@@ -103,6 +106,10 @@ def get_config(arg=None):
   # letters of varied size and height): std of the bend / x-height, about 0.1
   # for a strong augmentation; 0 = the fonts exactly. Eval words never bend.
   config.data.shape_distortion = 0.0
+  # A training writer's size drifts along their text, so that the words and
+  # lines of a page differ in size: each word at 1 - size_drift to 1 times the
+  # writer's size, slowly varying (8-40 words a cycle); 0 = one size a writer.
+  config.data.size_drift = 0.0
   config.data.skip_unknown_chars = False  # skip text_file words not in charset
   config.data.num_parallel_calls = -1  # -1 = all cores (tf.data AUTOTUNE)
   config.data.prefetch = 2

@@ -4,7 +4,7 @@ ml_collections' config flag passes the text after the colon to the file's
 `get_config(arg)`; every config of configs/ reads it with `Variants.apply`:
 
   --config=configs/cpu_fullpage.py:batch=8,fonts=sans
-  --config=configs/fullpage.py:short,bf16,wide_hands
+  --config=configs/fullpage.py:iam_forms,short,bf16,wide_hands
 
 The grammar: items separated by commas, applied left to right (a later item
 wins). An item is `key=value`, a key the config declares, its value parsed as

@@ -17,6 +17,9 @@ half resolution, ~140 dpi) and are scaled by the bank's word height.
 Two options make lines less regular than a font's (both off at 0):
 `data.line_gap_jitter` draws each gap between lines on its own, and
 `data.line_tilt` tilts each line and lets it wander (`_line_shifts`).
+`data.crossed_out` strikes a share of the words through, as a writer
+crosses out a mistake; they stay on the page and leave the text, as a
+transcriber skips them (`_crossed_out`, `_strike`).
 """
 
 import dataclasses
@@ -39,6 +42,8 @@ _NO_SEPARATOR, _SPACE, _NEWLINE = 0, 1, 2
 MAX_LINE_TILT = 10.0
 # A line's wander: amplitude up to WANDER * word_height per degree of data.line_tilt.
 WANDER = 0.1
+# Largest data.crossed_out: a page with more struck words is not worth reading.
+MAX_CROSSED_OUT = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +64,7 @@ class Layout:
   max_lines: int  # static bound on the lines of one example
   line_gap_jitter: float = 0.0  # each line gap is line_gap times U[1 - j, 1 + j]
   line_tilt: float = 0.0  # degrees: each line's slope in [-tilt, tilt], and its wander
+  crossed_out: float = 0.0  # share of the words struck through and left out of the text
 
 
 def _scaled(value_range, scale: float, field: str) -> tuple[int, int]:
@@ -101,11 +107,17 @@ def resolve_layout(data_config, word_height: int, level: str | None = None) -> L
   # Absent from data configs made before these fields existed: off.
   jitter = float(data_config.get("line_gap_jitter", 0.0))
   tilt = float(data_config.get("line_tilt", 0.0))
+  crossed_out = float(data_config.get("crossed_out", 0.0))
   if not 0 <= jitter <= 1:
     raise ValueError(f"data.line_gap_jitter={jitter} must be in [0, 1] (0 = even line gaps).")
   if not 0 <= tilt <= MAX_LINE_TILT:
     raise ValueError(
       f"data.line_tilt={tilt} must be in [0, {MAX_LINE_TILT}] degrees (0 = straight lines)."
+    )
+  if not 0 <= crossed_out <= MAX_CROSSED_OUT:
+    raise ValueError(
+      f"data.crossed_out={crossed_out} must be in [0, {MAX_CROSSED_OUT}] (0 = no word struck "
+      "through)."
     )
 
   if level == "form":
@@ -143,6 +155,7 @@ def resolve_layout(data_config, word_height: int, level: str | None = None) -> L
     max_lines=min(max_lines, num_words[1]),
     line_gap_jitter=jitter,
     line_tilt=tilt,
+    crossed_out=crossed_out,
   )
 
 
@@ -223,6 +236,8 @@ class SyntheticComposer:
         the text and then of <EOS> (see `_glyph_centres`).
       line_boxes: int32 [max_lines, 4] (top, left, bottom, right), bottom/right
         exclusive, around the words of each line; zeros past `num_lines`.
+      crossed_out: bool [max_words], the words drawn struck through; their
+        text, and the separator before it, are not in `text`.
     """
     lay = self.layout
     height, width, word_height = lay.canvas_height, lay.canvas_width, lay.word_height
@@ -287,6 +302,15 @@ class SyntheticComposer:
     separators = tf.where(new_line, _NEWLINE, tf.where(is_punctuation, _NO_SEPARATOR, _SPACE))
     separators = tf.concat([[_NO_SEPARATOR], separators[1:]], axis=0)
     chars = tf.gather(self.lengths, ids) + tf.cast(separators != _NO_SEPARATOR, tf.int32)
+    # seeds[7] is new with the options below: the draws of seeds[:7] stay as they were.
+    line_gap_seed, shift_seed = tf.unstack(tf.random.experimental.stateless_split(seeds[7], 2))
+    crossed_seed, strike_seed = tf.unstack(
+      tf.random.experimental.stateless_split(
+        tf.random.experimental.stateless_fold_in(seeds[7], 1), 2
+      )
+    )
+    crossed = self._crossed_out(crossed_seed, new_line, is_punctuation)
+    chars = tf.where(crossed, 0, chars)
 
     # Keep the longest prefix that fits: the text stays exactly the words drawn.
     fits = (
@@ -298,8 +322,6 @@ class SyntheticComposer:
     line_index = tf.range(lay.max_lines, dtype=tf.int32)
     line_words = candidate[None, :] & (lines[None, :] == line_index[:, None])
     line_ends = tf.reduce_max(tf.where(line_words, (xs + word_widths)[None, :], 0), axis=1)
-    # seeds[7] is new with these options: the draws of seeds[:7] stay as they were.
-    line_gap_seed, shift_seed = tf.unstack(tf.random.experimental.stateless_split(seeds[7], 2))
     shifts = self._line_shifts(shift_seed, line_ends, left, room)
     spans = tf.reduce_max(shifts, axis=1)
     if lay.level == "form":
@@ -323,17 +345,26 @@ class SyntheticComposer:
     num_words = tf.reduce_sum(tf.cast(kept, tf.int32))
     num_lines = tf.gather(lines, num_words - 1) + 1
 
-    text = tf.strings.reduce_join(
-      tf.strings.join(
-        [
-          tf.gather(tf.constant(_SEPARATORS), separators[:num_words]),
-          tf.gather(self.texts, ids[:num_words]),
-        ]
-      )
+    pieces = tf.strings.join(
+      [
+        tf.gather(tf.constant(_SEPARATORS), separators[:num_words]),
+        tf.gather(self.texts, ids[:num_words]),
+      ]
     )
+    text = tf.strings.reduce_join(tf.where(crossed[:num_words], "", pieces))
 
     ink = self._render(
-      ids, lines, xs, word_widths, kept, num_words, num_lines, left, line_tops, shifts
+      ids,
+      lines,
+      xs,
+      word_widths,
+      kept,
+      num_words,
+      num_lines,
+      left,
+      line_tops,
+      shifts,
+      (crossed, strike_seed),
     )
 
     word_lines = tf.minimum(lines, lay.max_lines - 1)
@@ -391,6 +422,7 @@ class SyntheticComposer:
       "content_box": content_box,
       "glyph_centres": glyphs,
       "line_boxes": line_boxes,
+      "crossed_out": crossed & kept,
     }
 
   def _glyph_centres(
@@ -465,10 +497,64 @@ class SyntheticComposer:
     scale = tf.where(spread > room, tf.math.divide_no_nan(room, spread), 1.0)
     return tf.cast(tf.round((raw - low) * scale), tf.int32)
 
+  def _crossed_out(self, seed, new_line, is_punctuation):
+    """bool [max_words]: the words to strike through, a share data.crossed_out of them.
+
+    Never a line's first word, punctuation, or a word punctuation attaches
+    to: so the text keeps every line, and its separators stay as they were
+    (the word after a struck one keeps its space or line break).
+    """
+    max_words = self.layout.num_words[1]
+    if not self.layout.crossed_out:
+      return tf.zeros([max_words], tf.bool)
+    draw = tf.random.stateless_uniform([max_words], seed, alg="philox")
+    before_punctuation = tf.concat([is_punctuation[1:], [False]], axis=0)
+    first = tf.range(max_words) == 0
+    return (draw < self.layout.crossed_out) & ~(
+      first | new_line | is_punctuation | before_punctuation
+    )
+
+  def _strike(self, line_images, seed, word, struck, along, widths):
+    """Line images with a pen stroke through the struck words' letters.
+
+    Each struck word gets one stroke across its width, near the middle of its
+    short letters, sloping by up to a tenth, 4-8% of the word height thick
+    (at least a pixel and a half), in ink as dark as a writer's.
+
+    Args:
+      line_images: uint8 [max_lines, W, word_height].
+      seed: the strokes' draws, one set a word.
+      word: int32 [max_lines, W], the word at each column of each line.
+      struck: bool [max_lines, W], the columns of struck words.
+      along: int32 [max_lines, W], the column within its word.
+      widths: int32 [max_lines, W], its word's width.
+    """
+    word_height = self.layout.word_height
+    slope, centre, thickness, darkness = [
+      tf.gather(v, word)
+      for v in tf.unstack(
+        tf.random.stateless_uniform([4, self.layout.num_words[1]], seed, alg="philox")
+      )
+    ]
+    centre = word_height * (GLYPH_CENTRE_FRACTION - 0.08 + 0.12 * centre)
+    offset = tf.cast(along, tf.float32) - tf.cast(widths, tf.float32) / 2.0
+    row = centre + 0.1 * (2.0 * slope - 1.0) * offset  # [max_lines, W]
+    half = tf.maximum(word_height * (0.04 + 0.04 * thickness), 1.5) / 2.0
+    distance = tf.abs(tf.range(word_height, dtype=tf.float32) - row[..., None])
+    # Anti-aliased: full ink within the stroke, a pixel's fade at its edges.
+    cover = tf.clip_by_value(half[..., None] + 0.5 - distance, 0.0, 1.0)
+    ink = (160.0 + 95.0 * darkness)[..., None] * cover
+    ink = tf.where(struck[..., None], ink, 0.0)
+    return tf.maximum(line_images, tf.cast(tf.round(ink), tf.uint8))
+
   def _render(
-    self, ids, lines, xs, word_widths, kept, num_words, num_lines, left, line_tops, shifts
+    self, ids, lines, xs, word_widths, kept, num_words, num_lines, left, line_tops, shifts, strikes
   ):
-    """uint8 [H, W] canvas by gathering strip columns, then pixels: no scatter, no loop."""
+    """uint8 [H, W] canvas by gathering strip columns, then pixels: no scatter, no loop.
+
+    strikes: (crossed [max_words] bool, seed): the words to strike through
+    (`_strike`), drawn on their line before the line takes its shifts.
+    """
     lay = self.layout
     height, width, word_height = lay.canvas_height, lay.canvas_width, lay.word_height
     max_lines = lay.max_lines
@@ -490,6 +576,16 @@ class SyntheticComposer:
     column = tf.gather(self.offsets, tf.gather(ids, word_clipped)) + x - word_x
     column = tf.where(inside, column, self.blank_column)
     line_images = tf.gather(self.strip_columns, column)  # [max_lines, W, word_height]
+    if lay.crossed_out:
+      crossed, seed = strikes
+      line_images = self._strike(
+        line_images,
+        seed,
+        word_clipped,
+        inside & tf.gather(crossed, word_clipped),
+        x - word_x,
+        tf.gather(word_widths, word_clipped),
+      )
 
     # Each canvas row's line (line tops only grow) and row below that line's top.
     y = tf.range(height, dtype=tf.int32)

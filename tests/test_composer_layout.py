@@ -1,4 +1,5 @@
-"""Uneven line gaps and tilted lines (data.line_gap_jitter, data.line_tilt).
+"""Uneven line gaps, tilted lines and crossed-out words (data.line_gap_jitter,
+data.line_tilt, data.crossed_out).
 
 The real TF composer on the tiny config's real word bank.
 """
@@ -65,9 +66,13 @@ def line_tops(example):
 def test_fields_absent_or_zero_compose_the_same_examples(tiny_config, bank):
   for level in ("form", "line"):
     absent = form_config(tiny_config.copy_and_resolve_references(), level=level)
-    del absent.data.line_gap_jitter, absent.data.line_tilt
+    del absent.data.line_gap_jitter, absent.data.line_tilt, absent.data.crossed_out
     zero = form_config(
-      tiny_config.copy_and_resolve_references(), level=level, line_gap_jitter=0.0, line_tilt=0.0
+      tiny_config.copy_and_resolve_references(),
+      level=level,
+      line_gap_jitter=0.0,
+      line_tilt=0.0,
+      crossed_out=0.0,
     )
     _, first = compose_many(bank, absent.data, num=8, seed=11)
     _, second = compose_many(bank, zero.data, num=8, seed=11)
@@ -169,9 +174,73 @@ def test_steepest_tilt_keeps_lines_and_words_on_the_canvas(tiny_config, bank, le
 
 @pytest.mark.parametrize(
   "field, value",
-  [("line_gap_jitter", -0.1), ("line_gap_jitter", 1.5), ("line_tilt", -1.0), ("line_tilt", 12.0)],
+  [
+    ("line_gap_jitter", -0.1),
+    ("line_gap_jitter", 1.5),
+    ("line_tilt", -1.0),
+    ("line_tilt", 12.0),
+    ("crossed_out", -0.1),
+    ("crossed_out", 0.7),
+  ],
 )
 def test_out_of_range_line_options_are_a_clear_error(tiny_config, field, value):
   config = form_config(tiny_config, **{field: value})
   with pytest.raises(ValueError, match=rf"data\.{field}={value}"):
     composer_lib.resolve_layout(config.data, int(config.data.word_height))
+
+
+@pytest.mark.parametrize("line_tilt", [0.0, 3.0])
+def test_crossed_out_words_are_struck_through_and_left_out_of_the_text(
+  tiny_config, bank, line_tilt
+):
+  config = page_config(tiny_config, crossed_out=0.4, line_tilt=line_tilt)
+  composer, examples = compose_many(bank, config.data)
+  struck = total = 0
+  for example in examples:
+    n = example["num_words"]
+    crossed = example["crossed_out"][:n]
+    assert not example["crossed_out"][n:].any()
+    boxes, word_ids = example["boxes"][:n], example["word_ids"][:n]
+    # The text is the words left standing, with the separators the layout gives them.
+    line_boxes = example["line_boxes"][: example["num_lines"]]
+    lines = [
+      next(i for i, (top, _, bottom, _) in enumerate(line_boxes) if top <= box[0] < bottom)
+      for box in boxes
+    ]
+    expected = ""
+    for k in range(n):
+      word = str(bank.texts[word_ids[k]])
+      new_line = k > 0 and lines[k] != lines[k - 1]
+      if crossed[k]:
+        assert k > 0 and not new_line, "a line starts with a struck word"
+        assert word not in composer_lib.PUNCTUATION
+        assert k + 1 == n or str(bank.texts[word_ids[k + 1]]) not in composer_lib.PUNCTUATION
+        continue
+      if k == 0:
+        separator = ""
+      elif new_line:
+        separator = "\n"
+      else:
+        separator = "" if word in composer_lib.PUNCTUATION else " "
+      expected += separator + word
+    text = example["text"].decode()
+    assert text == expected
+    assert example["num_lines"] == text.count("\n") + 1
+    # Guided attention has a centre for each character and <EOS>, and none past them.
+    assert (example["glyph_centres"].any(axis=1)).sum() == len(text) + 1
+    # The struck words keep their ink and gain a stroke; the others are drawn as they are.
+    ink = example["ink"].astype(np.int64)
+    covered = np.zeros(ink.shape, bool)
+    for k, (top, left, bottom, right) in enumerate(boxes):
+      covered[top:bottom, left:right] = True
+      drawn = ink[top:bottom, left:right].sum()
+      written = bank.word_image(word_ids[k]).sum(dtype=np.int64)
+      if crossed[k]:
+        # A stroke at least 1.5 px thick across the word's width.
+        assert drawn - written >= (right - left) * 255 // 2
+      else:
+        assert drawn == written
+    assert not ink[~covered].any(), "ink outside the words"
+    struck += crossed.sum()
+    total += n
+  assert 0.1 * total < struck < 0.4 * total

@@ -248,6 +248,10 @@ def test_named_variants_are_the_flags_they_replace(monkeypatch):
     == _config_from_command_line("--config=configs/cpu_fullpage.py", *b8).to_dict()
   )
   h200 = [
+    "--config.data.image_height=1024",
+    "--config.data.word_height=40",
+    "--config.data.words_per_form=(40,70)",
+    "--config.data.max_len=700",
     "--config.model.dtype=bfloat16",
     "--config.data.extra_fonts=",
     "--config.train.num_steps=2000",
@@ -262,7 +266,9 @@ def test_named_variants_are_the_flags_they_replace(monkeypatch):
     "--config.data.single_line_pages=0.1",
   ]
   assert (
-    _config_from_command_line("--config=configs/fullpage.py:short,bf16,wide_hands").to_dict()
+    _config_from_command_line(
+      "--config=configs/fullpage.py:iam_forms,short,bf16,wide_hands"
+    ).to_dict()
     == _config_from_command_line("--config=configs/fullpage.py", *h200).to_dict()
   )
 

@@ -191,6 +191,52 @@ def test_shape_distortion_bends_training_words_only(tmp_path):
     bank_lib.build_word_bank(bent, "train")
 
 
+def _ink_height(image: np.ndarray) -> int:
+  rows = np.flatnonzero(image.max(axis=1) > 64)
+  return int(rows[-1] - rows[0] + 1) if rows.size else 0
+
+
+def test_size_drift_shrinks_training_words_slowly_along_each_writer(tmp_path):
+  heldout = ("Zeyada",)
+  plain = _data_config(tmp_path, heldout_fonts=heldout, bank_size=160, word_height=48)
+  drifting = _data_config(
+    tmp_path, heldout_fonts=heldout, bank_size=160, word_height=48, size_drift=0.4
+  )
+  train_plain = bank_lib.build_word_bank(plain, "train")
+  train_drift = bank_lib.build_word_bank(drifting, "train")
+  # The same words by the same writers, each at its share of the writer's size.
+  assert train_drift.texts.tolist() == train_plain.texts.tolist()
+  assert train_drift.writers.tolist() == train_plain.writers.tolist()
+  ratios = np.array(
+    [
+      _ink_height(train_drift.word_image(i)) / max(_ink_height(train_plain.word_image(i)), 1)
+      for i in range(len(train_plain))
+    ]
+  )
+  assert ratios.max() <= 1.1  # never larger than the writer's size (+ a pixel's rounding)
+  assert ratios.min() < 0.8  # and down to 1 - 0.4 of it
+  assert train_drift.widths.sum() < 0.95 * train_plain.widths.sum()
+  # The eval split keeps one size a writer: the very same bank and cache file.
+  eval_plain = bank_lib.build_word_bank(plain, "eval")
+  assert bank_lib.build_word_bank(drifting, "eval").strip.tobytes() == eval_plain.strip.tobytes()
+  assert bank_lib.word_bank_path(drifting, "eval") == bank_lib.word_bank_path(plain, "eval")
+  drifting.size_drift = 0.7
+  with pytest.raises(ValueError, match="size_drift"):
+    bank_lib.build_word_bank(drifting, "train")
+
+
+def test_size_drifts_are_slow_waves_within_the_drift():
+  rng = np.random.default_rng(0)
+  for drift in (0.0, 0.2, 0.5):
+    sizes = bank_lib.size_drifts(400, drift, rng)
+    assert sizes.shape == (400,)
+    assert sizes.min() >= 1 - drift - 1e-12 and sizes.max() <= 1.0
+    if drift:
+      assert sizes.max() - sizes.min() > 0.9 * drift  # a whole cycle in 400 words
+      # Neighbouring words are alike: a step is at most 2 pi drift / 2 / 8 words.
+      assert np.abs(np.diff(sizes)).max() <= np.pi * drift / 8 + 1e-12
+
+
 def test_train_words_per_writer_gives_training_more_writers_only(tmp_path):
   heldout = ("Zeyada",)
   plain = _data_config(tmp_path, heldout_fonts=heldout, bank_size=240)

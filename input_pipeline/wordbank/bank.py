@@ -8,8 +8,9 @@ any UTF-8 text file (`data.text_file`, see `text`).
 
 A writer is one font plus style parameters drawn once (`writers`: size, slant,
 stroke, letter spacing, ink, baseline wobble); every word adds small variations
-of its own (`rendering`). A writer never gets a word with a character its font
-has no glyph for.
+of its own (`rendering`). With `data.size_drift`, a writer's size also drifts
+along their text (`size_drifts`), so that words and lines of one page differ
+in size. A writer never gets a word with a character its font has no glyph for.
 
 The bank is deterministic (same config -> same bytes) and cached on disk as
 one .npz keyed by a hash of everything that shapes it (`cache`).
@@ -40,6 +41,11 @@ _SPLITS = ("train", "eval")
 # Banks smaller than this render in-process; starting workers costs more.
 _PARALLEL_MIN_WORDS = 2000
 _LOG_EVERY_SECONDS = 5.0
+# Largest data.size_drift: smaller words than half the writer's size are not
+# their handwriting any more.
+MAX_SIZE_DRIFT = 0.5
+# The period of a writer's size drift, in words: a line's worth to a few lines'.
+_DRIFT_PERIOD = (8.0, 40.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,6 +123,8 @@ def _bank_options(data_config) -> dict:
     bank_seed=int(data_config.bank_seed),
     skip_unknown_chars=bool(data_config.skip_unknown_chars),
     shape_distortion=float(data_config.shape_distortion),
+    # Absent from data configs made before this field existed: off.
+    size_drift=float(data_config.get("size_drift", 0.0)),
   )
   for field in ("font_paths", "extra_fonts"):
     if isinstance(options[field], (list, tuple)):
@@ -126,6 +134,10 @@ def _bank_options(data_config) -> dict:
   if not 0 <= options["shape_distortion"] <= 0.5:
     raise ValueError(
       f"data.shape_distortion must be in [0, 0.5], got {options['shape_distortion']}."
+    )
+  if not 0 <= options["size_drift"] <= MAX_SIZE_DRIFT:
+    raise ValueError(
+      f"data.size_drift must be in [0, {MAX_SIZE_DRIFT}], got {options['size_drift']}."
     )
   if options["word_height"] < 8:
     raise ValueError(f"data.word_height must be >= 8, got {options['word_height']}.")
@@ -156,15 +168,16 @@ def _split_fonts(options: dict, split: str) -> list[fonts_lib.FontSource]:
 
 
 def _split_options(options: dict, split: str) -> dict:
-  """The bank options as they apply to `split`: data.shape_distortion and
-  data.train_words_per_writer are for training only (eval keeps the fonts'
-  shapes and its own writers)."""
+  """The bank options as they apply to `split`: data.shape_distortion,
+  data.size_drift and data.train_words_per_writer are for training only (eval
+  keeps the fonts' shapes and sizes and its own writers)."""
   options = dict(options)
   train_words_per_writer = options.pop("train_words_per_writer")
   if split == "train":
     options["words_per_writer"] = train_words_per_writer or options["words_per_writer"]
   else:
     options["shape_distortion"] = 0.0
+    options["size_drift"] = 0.0
   return options
 
 
@@ -232,14 +245,31 @@ def _assign_words(
   return assignments
 
 
+def size_drifts(num_words: int, drift: float, rng: np.random.Generator) -> np.ndarray:
+  """float [num_words]: each word's size as a share of its writer's, in [1 - drift, 1].
+
+  A writer's letters grow and shrink slowly along their text: a sine of a
+  random period (`_DRIFT_PERIOD` words) and phase, so that neighbouring words
+  are alike and lines a few words apart differ.
+  """
+  period = rng.uniform(*_DRIFT_PERIOD)
+  phase = rng.uniform(0, 2 * np.pi)
+  wave = 0.5 + 0.5 * np.sin(2 * np.pi * np.arange(num_words) / period + phase)
+  return 1.0 - drift * wave
+
+
 def _render_writer_words(task) -> list[np.ndarray]:
   """Renders one writer's words; a top-level function for worker processes."""
-  seed, writer_id, style, words, word_height, metrics = task
+  seed, writer_id, style, words, word_height, metrics, sizes = task
   return [
     rendering.render_word(
-      word, style, word_height, np.random.default_rng(seed + [writer_id, i]), metrics
+      word,
+      dataclasses.replace(style, x_height=style.x_height * size),
+      word_height,
+      np.random.default_rng(seed + [writer_id, i]),
+      metrics,
     )
-    for i, word in enumerate(words)
+    for i, (word, size) in enumerate(zip(words, sizes))
   ]
 
 
@@ -291,8 +321,18 @@ def build_word_bank(data_config, split: str = "train", num_workers: int | None =
   coverage = {name: m.coverage for name, m in metrics.items()}
   assignments = _assign_words(stream, styles, quotas, coverage)
 
+  # Drawn from a generator of their own, so that banks without drift are as before.
+  drift_rng = np.random.default_rng(seed + [2])
   tasks = [
-    (seed, writer_id, style, words, word_height, metrics[style.font.name])
+    (
+      seed,
+      writer_id,
+      style,
+      words,
+      word_height,
+      metrics[style.font.name],
+      size_drifts(len(words), options["size_drift"], drift_rng),
+    )
     for writer_id, (style, words) in enumerate(zip(styles, assignments))
   ]
   crops = _render_tasks(tasks, bank_size, num_workers, split)
