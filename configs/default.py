@@ -110,6 +110,9 @@ def get_config(arg=None):
   # lines of a page differ in size: each word at 1 - size_drift to 1 times the
   # writer's size, slowly varying (8-40 words a cycle); 0 = one size a writer.
   config.data.size_drift = 0.0
+  # And their slant: each word's shear is the writer's +- slant_drift (at most
+  # 0.4; writers' own slants span -0.12 to 0.3), drifting the same way.
+  config.data.slant_drift = 0.0
   config.data.skip_unknown_chars = False  # skip text_file words not in charset
   config.data.num_parallel_calls = -1  # -1 = all cores (tf.data AUTOTUNE)
   config.data.prefetch = 2

@@ -225,16 +225,36 @@ def test_size_drift_shrinks_training_words_slowly_along_each_writer(tmp_path):
     bank_lib.build_word_bank(drifting, "train")
 
 
-def test_size_drifts_are_slow_waves_within_the_drift():
+def test_slant_drift_slants_training_words_only(tmp_path):
+  heldout = ("Zeyada",)
+  plain = _data_config(tmp_path, heldout_fonts=heldout, bank_size=120)
+  slanting = _data_config(tmp_path, heldout_fonts=heldout, bank_size=120, slant_drift=0.3)
+  train_plain = bank_lib.build_word_bank(plain, "train")
+  train_slant = bank_lib.build_word_bank(slanting, "train")
+  assert train_slant.texts.tolist() == train_plain.texts.tolist()
+  changed = [
+    not np.array_equal(train_plain.word_image(i), train_slant.word_image(i))
+    for i in range(len(train_plain))
+  ]
+  assert np.mean(changed) > 0.9
+  # The eval split keeps one slant a writer: the very same bank and cache file.
+  eval_plain = bank_lib.build_word_bank(plain, "eval")
+  assert bank_lib.build_word_bank(slanting, "eval").strip.tobytes() == eval_plain.strip.tobytes()
+  assert bank_lib.word_bank_path(slanting, "eval") == bank_lib.word_bank_path(plain, "eval")
+  slanting.slant_drift = 0.5
+  with pytest.raises(ValueError, match="slant_drift"):
+    bank_lib.build_word_bank(slanting, "train")
+
+
+def test_slow_waves_drift_slowly_over_the_whole_range():
   rng = np.random.default_rng(0)
-  for drift in (0.0, 0.2, 0.5):
-    sizes = bank_lib.size_drifts(400, drift, rng)
-    assert sizes.shape == (400,)
-    assert sizes.min() >= 1 - drift - 1e-12 and sizes.max() <= 1.0
-    if drift:
-      assert sizes.max() - sizes.min() > 0.9 * drift  # a whole cycle in 400 words
-      # Neighbouring words are alike: a step is at most 2 pi drift / 2 / 8 words.
-      assert np.abs(np.diff(sizes)).max() <= np.pi * drift / 8 + 1e-12
+  for _ in range(20):
+    wave = bank_lib.slow_wave(400, rng)
+    assert wave.shape == (400,)
+    assert wave.min() >= 0.0 and wave.max() <= 1.0
+    assert wave.max() - wave.min() > 0.9  # a whole cycle in 400 words
+    # Neighbouring words are alike: a step is at most pi / 8 (the shortest period).
+    assert np.abs(np.diff(wave)).max() <= np.pi / 8 + 1e-12
 
 
 def test_train_words_per_writer_gives_training_more_writers_only(tmp_path):

@@ -8,9 +8,10 @@ any UTF-8 text file (`data.text_file`, see `text`).
 
 A writer is one font plus style parameters drawn once (`writers`: size, slant,
 stroke, letter spacing, ink, baseline wobble); every word adds small variations
-of its own (`rendering`). With `data.size_drift`, a writer's size also drifts
-along their text (`size_drifts`), so that words and lines of one page differ
-in size. A writer never gets a word with a character its font has no glyph for.
+of its own (`rendering`). With `data.size_drift` and `data.slant_drift`, a
+writer's size and slant also drift along their text (`slow_wave`), so that
+the words and lines of one page differ in size and slant. A writer never
+gets a word with a character its font has no glyph for.
 
 The bank is deterministic (same config -> same bytes) and cached on disk as
 one .npz keyed by a hash of everything that shapes it (`cache`).
@@ -44,6 +45,9 @@ _LOG_EVERY_SECONDS = 5.0
 # Largest data.size_drift: smaller words than half the writer's size are not
 # their handwriting any more.
 MAX_SIZE_DRIFT = 0.5
+# Largest data.slant_drift, in shear (horizontal pixels per pixel of height):
+# as much as the whole range between writers (writers.sample_writer_style).
+MAX_SLANT_DRIFT = 0.4
 # The period of a writer's size drift, in words: a line's worth to a few lines'.
 _DRIFT_PERIOD = (8.0, 40.0)
 
@@ -125,6 +129,7 @@ def _bank_options(data_config) -> dict:
     shape_distortion=float(data_config.shape_distortion),
     # Absent from data configs made before this field existed: off.
     size_drift=float(data_config.get("size_drift", 0.0)),
+    slant_drift=float(data_config.get("slant_drift", 0.0)),
   )
   for field in ("font_paths", "extra_fonts"):
     if isinstance(options[field], (list, tuple)):
@@ -135,10 +140,9 @@ def _bank_options(data_config) -> dict:
     raise ValueError(
       f"data.shape_distortion must be in [0, 0.5], got {options['shape_distortion']}."
     )
-  if not 0 <= options["size_drift"] <= MAX_SIZE_DRIFT:
-    raise ValueError(
-      f"data.size_drift must be in [0, {MAX_SIZE_DRIFT}], got {options['size_drift']}."
-    )
+  for field, most in (("size_drift", MAX_SIZE_DRIFT), ("slant_drift", MAX_SLANT_DRIFT)):
+    if not 0 <= options[field] <= most:
+      raise ValueError(f"data.{field} must be in [0, {most}], got {options[field]}.")
   if options["word_height"] < 8:
     raise ValueError(f"data.word_height must be >= 8, got {options['word_height']}.")
   return options
@@ -168,9 +172,9 @@ def _split_fonts(options: dict, split: str) -> list[fonts_lib.FontSource]:
 
 
 def _split_options(options: dict, split: str) -> dict:
-  """The bank options as they apply to `split`: data.shape_distortion,
-  data.size_drift and data.train_words_per_writer are for training only (eval
-  keeps the fonts' shapes and sizes and its own writers)."""
+  """The bank options as they apply to `split`: data.shape_distortion, the
+  drifts and data.train_words_per_writer are for training only (eval keeps
+  the fonts' shapes, one size and slant a writer, and its own writers)."""
   options = dict(options)
   train_words_per_writer = options.pop("train_words_per_writer")
   if split == "train":
@@ -178,6 +182,7 @@ def _split_options(options: dict, split: str) -> dict:
   else:
     options["shape_distortion"] = 0.0
     options["size_drift"] = 0.0
+    options["slant_drift"] = 0.0
   return options
 
 
@@ -245,31 +250,29 @@ def _assign_words(
   return assignments
 
 
-def size_drifts(num_words: int, drift: float, rng: np.random.Generator) -> np.ndarray:
-  """float [num_words]: each word's size as a share of its writer's, in [1 - drift, 1].
+def slow_wave(num_words: int, rng: np.random.Generator) -> np.ndarray:
+  """float [num_words] in [0, 1]: how far along its drift each word of a writer is.
 
-  A writer's letters grow and shrink slowly along their text: a sine of a
-  random period (`_DRIFT_PERIOD` words) and phase, so that neighbouring words
-  are alike and lines a few words apart differ.
+  A sine of a random period (`_DRIFT_PERIOD` words) and phase: neighbouring
+  words are alike, and lines a few words apart differ.
   """
   period = rng.uniform(*_DRIFT_PERIOD)
   phase = rng.uniform(0, 2 * np.pi)
-  wave = 0.5 + 0.5 * np.sin(2 * np.pi * np.arange(num_words) / period + phase)
-  return 1.0 - drift * wave
+  return 0.5 + 0.5 * np.sin(2 * np.pi * np.arange(num_words) / period + phase)
 
 
 def _render_writer_words(task) -> list[np.ndarray]:
   """Renders one writer's words; a top-level function for worker processes."""
-  seed, writer_id, style, words, word_height, metrics, sizes = task
+  seed, writer_id, style, words, word_height, metrics, sizes, slants = task
   return [
     rendering.render_word(
       word,
-      dataclasses.replace(style, x_height=style.x_height * size),
+      dataclasses.replace(style, x_height=style.x_height * size, slant=style.slant + slant),
       word_height,
       np.random.default_rng(seed + [writer_id, i]),
       metrics,
     )
-    for i, (word, size) in enumerate(zip(words, sizes))
+    for i, (word, size, slant) in enumerate(zip(words, sizes, slants))
   ]
 
 
@@ -321,8 +324,10 @@ def build_word_bank(data_config, split: str = "train", num_workers: int | None =
   coverage = {name: m.coverage for name, m in metrics.items()}
   assignments = _assign_words(stream, styles, quotas, coverage)
 
-  # Drawn from a generator of their own, so that banks without drift are as before.
-  drift_rng = np.random.default_rng(seed + [2])
+  # Each word at 1 - size_drift to 1 times its writer's size, and its writer's
+  # slant +- slant_drift; drawn from generators of their own, so that banks
+  # without a drift are as they were.
+  size_rng, slant_rng = np.random.default_rng(seed + [2]), np.random.default_rng(seed + [3])
   tasks = [
     (
       seed,
@@ -331,7 +336,8 @@ def build_word_bank(data_config, split: str = "train", num_workers: int | None =
       words,
       word_height,
       metrics[style.font.name],
-      size_drifts(len(words), options["size_drift"], drift_rng),
+      1.0 - options["size_drift"] * slow_wave(len(words), size_rng),
+      options["slant_drift"] * (2.0 * slow_wave(len(words), slant_rng) - 1.0),
     )
     for writer_id, (style, words) in enumerate(zip(styles, assignments))
   ]
