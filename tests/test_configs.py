@@ -55,6 +55,19 @@ def test_full_page_recipes_hold_out_fonts_and_fill_pages(name):
   assert stride_w < stride_h
 
 
+@pytest.mark.parametrize(
+  "name, arg, lines", [("cpu_fullpage", "lines12", 12), ("fullpage", None, 25)]
+)
+def test_tall_page_configs_hold_their_lines_and_their_text(name, arg, lines):
+  """Pages of `lines` lines of 9 words fit the canvas at the tightest line gap,
+  and the token budget holds 54 characters of each."""
+  config = importlib.import_module(f"configs.{name}").get_config(arg)
+  layout = composer.resolve_layout(config.data, int(config.data.word_height))
+  assert layout.max_lines >= lines
+  assert layout.num_words[1] >= 9 * lines
+  assert layout.max_chars >= 54 * lines
+
+
 @pytest.mark.parametrize("name", ["cpu_fullpage", "fullpage"])
 def test_full_page_schedule_scales_with_num_steps_from_the_command_line(name, monkeypatch):
   """One flag rescales the recipe's schedule; a field set alone keeps its value."""
