@@ -167,12 +167,34 @@ def test_heldout_fonts_make_the_eval_split(tmp_path):
     bank_lib.load_word_bank(config, "train")
 
 
-def test_shape_distortion_bends_training_words_only(tmp_path):
+def training_banks(tmp_path, bank_size=120, **field):
+  """(plain config, config with `field` set, their training banks); Zeyada held out."""
   heldout = ("Zeyada",)
-  plain = _data_config(tmp_path, heldout_fonts=heldout, bank_size=120)
-  bent = _data_config(tmp_path, heldout_fonts=heldout, bank_size=120, shape_distortion=0.15)
-  train_plain = bank_lib.build_word_bank(plain, "train")
-  train_bent = bank_lib.build_word_bank(bent, "train")
+  plain = _data_config(tmp_path, heldout_fonts=heldout, bank_size=bank_size)
+  varied = _data_config(tmp_path, heldout_fonts=heldout, bank_size=bank_size, **field)
+  return (
+    plain,
+    varied,
+    bank_lib.build_word_bank(plain, "train"),
+    bank_lib.build_word_bank(varied, "train"),
+  )
+
+
+def check_training_only(plain, varied, field: str, out_of_range: float):
+  """`varied` (plain with `field` set) changes the training bank only: the eval
+  split keeps the very same bank and cache file; a value out of range names
+  the field."""
+  eval_plain = bank_lib.build_word_bank(plain, "eval")
+  assert bank_lib.build_word_bank(varied, "eval").strip.tobytes() == eval_plain.strip.tobytes()
+  assert bank_lib.word_bank_path(varied, "eval") == bank_lib.word_bank_path(plain, "eval")
+  assert bank_lib.word_bank_path(varied, "train") != bank_lib.word_bank_path(plain, "train")
+  setattr(varied, field, out_of_range)
+  with pytest.raises(ValueError, match=field):
+    bank_lib.build_word_bank(varied, "train")
+
+
+def test_shape_distortion_bends_training_words_only(tmp_path):
+  plain, bent, train_plain, train_bent = training_banks(tmp_path, shape_distortion=0.15)
   # The same words by writers of the same fonts, in other shapes.
   assert train_bent.texts.tolist() == train_plain.texts.tolist()
   assert train_bent.font_names == train_plain.font_names
@@ -180,15 +202,7 @@ def test_shape_distortion_bends_training_words_only(tmp_path):
     a, b = train_plain.word_image(i), train_bent.word_image(i)
     assert a.shape != b.shape or not np.array_equal(a, b)
     assert b.max() > 0.5 * a.max()
-  # The eval split keeps the fonts' shapes: the very same bank and cache file.
-  eval_plain = bank_lib.build_word_bank(plain, "eval")
-  eval_bent = bank_lib.build_word_bank(bent, "eval")
-  assert eval_bent.strip.tobytes() == eval_plain.strip.tobytes()
-  assert bank_lib.word_bank_path(bent, "eval") == bank_lib.word_bank_path(plain, "eval")
-  assert bank_lib.word_bank_path(bent, "train") != bank_lib.word_bank_path(plain, "train")
-  bent.shape_distortion = 0.9
-  with pytest.raises(ValueError, match="shape_distortion"):
-    bank_lib.build_word_bank(bent, "train")
+  check_training_only(plain, bent, "shape_distortion", 0.9)  # eval keeps the fonts' shapes
 
 
 def _ink_height(image: np.ndarray) -> int:
@@ -197,13 +211,7 @@ def _ink_height(image: np.ndarray) -> int:
 
 
 def test_size_drift_shrinks_training_words_slowly_along_each_writer(tmp_path):
-  heldout = ("Zeyada",)
-  plain = _data_config(tmp_path, heldout_fonts=heldout, bank_size=160, word_height=48)
-  drifting = _data_config(
-    tmp_path, heldout_fonts=heldout, bank_size=160, word_height=48, size_drift=0.4
-  )
-  train_plain = bank_lib.build_word_bank(plain, "train")
-  train_drift = bank_lib.build_word_bank(drifting, "train")
+  plain, drifting, train_plain, train_drift = training_banks(tmp_path, 160, size_drift=0.4)
   # The same words by the same writers, each at its share of the writer's size.
   assert train_drift.texts.tolist() == train_plain.texts.tolist()
   assert train_drift.writers.tolist() == train_plain.writers.tolist()
@@ -216,34 +224,18 @@ def test_size_drift_shrinks_training_words_slowly_along_each_writer(tmp_path):
   assert ratios.max() <= 1.1  # never larger than the writer's size (+ a pixel's rounding)
   assert ratios.min() < 0.8  # and down to 1 - 0.4 of it
   assert train_drift.widths.sum() < 0.95 * train_plain.widths.sum()
-  # The eval split keeps one size a writer: the very same bank and cache file.
-  eval_plain = bank_lib.build_word_bank(plain, "eval")
-  assert bank_lib.build_word_bank(drifting, "eval").strip.tobytes() == eval_plain.strip.tobytes()
-  assert bank_lib.word_bank_path(drifting, "eval") == bank_lib.word_bank_path(plain, "eval")
-  drifting.size_drift = 0.7
-  with pytest.raises(ValueError, match="size_drift"):
-    bank_lib.build_word_bank(drifting, "train")
+  check_training_only(plain, drifting, "size_drift", 0.7)  # eval: one size a writer
 
 
 def test_slant_drift_slants_training_words_only(tmp_path):
-  heldout = ("Zeyada",)
-  plain = _data_config(tmp_path, heldout_fonts=heldout, bank_size=120)
-  slanting = _data_config(tmp_path, heldout_fonts=heldout, bank_size=120, slant_drift=0.3)
-  train_plain = bank_lib.build_word_bank(plain, "train")
-  train_slant = bank_lib.build_word_bank(slanting, "train")
+  plain, slanting, train_plain, train_slant = training_banks(tmp_path, slant_drift=0.3)
   assert train_slant.texts.tolist() == train_plain.texts.tolist()
   changed = [
     not np.array_equal(train_plain.word_image(i), train_slant.word_image(i))
     for i in range(len(train_plain))
   ]
   assert np.mean(changed) > 0.9
-  # The eval split keeps one slant a writer: the very same bank and cache file.
-  eval_plain = bank_lib.build_word_bank(plain, "eval")
-  assert bank_lib.build_word_bank(slanting, "eval").strip.tobytes() == eval_plain.strip.tobytes()
-  assert bank_lib.word_bank_path(slanting, "eval") == bank_lib.word_bank_path(plain, "eval")
-  slanting.slant_drift = 0.5
-  with pytest.raises(ValueError, match="slant_drift"):
-    bank_lib.build_word_bank(slanting, "train")
+  check_training_only(plain, slanting, "slant_drift", 0.5)  # eval: one slant a writer
 
 
 def test_slow_waves_drift_slowly_over_the_whole_range():
