@@ -2,17 +2,16 @@
 
 ResNet34 with the finer last stage, a 6-layer pre-norm decoder, pages of up
 to 25 lines (32 px words, IAM at 0.4 of its 300 dpi, on a 1536x1280 canvas:
-40 to 250 words, up to 2000 tokens), the same curriculum
-(one line first, full pages from a quarter of the run on), warmup, cosine
-decay, label smoothing, held-out fonts and guided attention. The default of launch/train.sh where
-JAX sees a GPU or TPU. Its measured runs are in
+40 to 250 words, up to 2000 tokens), the same curriculum (one line first,
+full pages from a quarter of the run on), warmup, cosine decay, label
+smoothing, held-out fonts and guided attention. The default of
+launch/train.sh where JAX sees a GPU or TPU. Its measured runs are in
 docs/experiments/fullpage_gpu.md.
 
   bash launch/gpu_local.sh configs/fullpage.py   # all GPUs of this machine
   # bfloat16 compute (parameters and optimizer state stay float32):
   bash launch/gpu_local.sh configs/fullpage.py:bf16 workdirs/fullpage_bf16
-  # The shortened run of docs/experiments/fullpage_gpu.md:
-  # The one H200 run so far, on the earlier canvas (iam_forms):
+  # The shortened run of docs/experiments/fullpage_gpu.md, on the earlier canvas:
   python -m fphtr_jax.main --config=configs/fullpage.py:iam_forms,short,bf16,wide_hands \
       --workdir=workdirs/fullpage_2k
 """

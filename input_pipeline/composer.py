@@ -364,7 +364,8 @@ class SyntheticComposer:
       left,
       line_tops,
       shifts,
-      (crossed, strike_seed),
+      crossed,
+      strike_seed,
     )
 
     word_lines = tf.minimum(lines, lay.max_lines - 1)
@@ -548,12 +549,24 @@ class SyntheticComposer:
     return tf.maximum(line_images, tf.cast(tf.round(ink), tf.uint8))
 
   def _render(
-    self, ids, lines, xs, word_widths, kept, num_words, num_lines, left, line_tops, shifts, strikes
+    self,
+    ids,
+    lines,
+    xs,
+    word_widths,
+    kept,
+    num_words,
+    num_lines,
+    left,
+    line_tops,
+    shifts,
+    crossed,
+    strike_seed,
   ):
     """uint8 [H, W] canvas by gathering strip columns, then pixels: no scatter, no loop.
 
-    strikes: (crossed [max_words] bool, seed): the words to strike through
-    (`_strike`), drawn on their line before the line takes its shifts.
+    crossed: bool [max_words], the words to strike through (`_strike`, with
+    `strike_seed`), drawn on their line before the line takes its shifts.
     """
     lay = self.layout
     height, width, word_height = lay.canvas_height, lay.canvas_width, lay.word_height
@@ -577,10 +590,9 @@ class SyntheticComposer:
     column = tf.where(inside, column, self.blank_column)
     line_images = tf.gather(self.strip_columns, column)  # [max_lines, W, word_height]
     if lay.crossed_out:
-      crossed, seed = strikes
       line_images = self._strike(
         line_images,
-        seed,
+        strike_seed,
         word_clipped,
         inside & tf.gather(crossed, word_clipped),
         x - word_x,

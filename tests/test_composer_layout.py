@@ -9,7 +9,7 @@ import pytest
 
 from input_pipeline import composer as composer_lib
 from input_pipeline.wordbank import bank as bank_lib
-from tests.test_synthetic import check_example, compose_many, form_config
+from tests.test_synthetic import check_example, compose_many, expected_text, form_config
 
 
 @pytest.fixture(scope="module")
@@ -207,24 +207,12 @@ def test_crossed_out_words_are_struck_through_and_left_out_of_the_text(
       next(i for i, (top, _, bottom, _) in enumerate(line_boxes) if top <= box[0] < bottom)
       for box in boxes
     ]
-    expected = ""
-    for k in range(n):
-      word = str(bank.texts[word_ids[k]])
-      new_line = k > 0 and lines[k] != lines[k - 1]
-      if crossed[k]:
-        assert k > 0 and not new_line, "a line starts with a struck word"
-        assert word not in composer_lib.PUNCTUATION
-        assert k + 1 == n or str(bank.texts[word_ids[k + 1]]) not in composer_lib.PUNCTUATION
-        continue
-      if k == 0:
-        separator = ""
-      elif new_line:
-        separator = "\n"
-      else:
-        separator = "" if word in composer_lib.PUNCTUATION else " "
-      expected += separator + word
+    texts = [str(bank.texts[i]) for i in word_ids] + [""]
+    for k in np.flatnonzero(crossed):
+      assert k > 0 and lines[k] == lines[k - 1], "a line starts with a struck word"
+      assert composer_lib.PUNCTUATION.isdisjoint({texts[k], texts[k + 1]})
     text = example["text"].decode()
-    assert text == expected
+    assert text == expected_text(bank, word_ids, lines, crossed)
     assert example["num_lines"] == text.count("\n") + 1
     # Guided attention has a centre for each character and <EOS>, and none past them.
     assert (example["glyph_centres"].any(axis=1)).sum() == len(text) + 1

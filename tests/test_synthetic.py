@@ -38,14 +38,21 @@ def compose_many(bank, data_config, num=NUM_EXAMPLES, seed=0):
   return composer, examples
 
 
-def expected_text(bank, word_ids, boxes):
-  """The target the layout implies: spaces, "\\n" between lines, punctuation attached."""
+def expected_text(bank, word_ids, lines, crossed=None):
+  """The target the layout implies: spaces, "\\n" between lines, punctuation
+  attached; words `crossed` out are left out (the word after keeps its own
+  separator).
+
+  lines: each word's line (anything equal along a line, e.g. its box's top).
+  """
   text = ""
-  for k, (i, box) in enumerate(zip(word_ids, boxes)):
+  for k, i in enumerate(word_ids):
     word = str(bank.texts[i])
+    if crossed is not None and crossed[k]:
+      continue
     if k == 0:
       separator = ""
-    elif box[0] != boxes[k - 1][0]:
+    elif lines[k] != lines[k - 1]:
       separator = "\n"
     else:
       separator = "" if word in composer_lib.PUNCTUATION else " "
@@ -72,7 +79,7 @@ def check_example(bank, layout, example):
   assert not ink[covered == 0].any(), "ink outside the words"
 
   text = example["text"].decode()
-  assert text == expected_text(bank, word_ids, boxes)
+  assert text == expected_text(bank, word_ids, boxes[:, 0])
   assert example["num_lines"] == text.count("\n") + 1 == len(set(boxes[:, 0]))
   assert len(text) <= layout.max_chars
 

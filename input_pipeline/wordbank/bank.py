@@ -48,7 +48,7 @@ MAX_SIZE_DRIFT = 0.5
 # Largest data.slant_drift, in shear (horizontal pixels per pixel of height):
 # as much as the whole range between writers (writers.sample_writer_style).
 MAX_SLANT_DRIFT = 0.4
-# The period of a writer's size drift, in words: a line's worth to a few lines'.
+# The period of a writer's size and slant drifts, in words: a line's worth to a few lines'.
 _DRIFT_PERIOD = (8.0, 40.0)
 
 
@@ -136,11 +136,11 @@ def _bank_options(data_config) -> dict:
       options[field] = [str(p) for p in options[field]]
   if options["bank_size"] < 1:
     raise ValueError(f"data.bank_size must be >= 1, got {options['bank_size']}.")
-  if not 0 <= options["shape_distortion"] <= 0.5:
-    raise ValueError(
-      f"data.shape_distortion must be in [0, 0.5], got {options['shape_distortion']}."
-    )
-  for field, most in (("size_drift", MAX_SIZE_DRIFT), ("slant_drift", MAX_SLANT_DRIFT)):
+  for field, most in (
+    ("shape_distortion", 0.5),
+    ("size_drift", MAX_SIZE_DRIFT),
+    ("slant_drift", MAX_SLANT_DRIFT),
+  ):
     if not 0 <= options[field] <= most:
       raise ValueError(f"data.{field} must be in [0, {most}], got {options[field]}.")
   if options["word_height"] < 8:
