@@ -1,6 +1,6 @@
 r"""A Markdown table of training runs: what differs between them and what they reached.
 
-  python -m fphtr_jax.report DIR... [--curves=PNG] [--markdown=FILE.md]
+  python -m fphtr_jax.report DIR... [--fields=F,...] [--curves=PNG] [--markdown=FILE.md]
 
 Each DIR is a run's workdir or a folder of workdirs (a sweep's). One row per
 run: the config fields that differ between the runs (from their config.json),
@@ -11,7 +11,9 @@ and its step, the last one, and the test figures found under evaluations/
 (each `summary.json` of the test split, and the last step of each
 `test_history*/history.jsonl` that `evaluate --checkpoint=all` writes), and
 the real scans scored by `evaluate_real --output_dir=W/evaluations/NAME`, one
-column a level ("NAME pages", "NAME lines").
+column a level ("NAME pages", "NAME lines"). `--fields` names the config
+fields to show instead of all that differ (empty: none), for a table narrow
+enough to read.
 `--curves=PNG` draws the runs' validation CER against steps and minutes.
 """
 
@@ -27,6 +29,9 @@ import numpy as np
 
 from fphtr_jax import cli, curves, evaluate, evaluate_real, hparams, inference
 
+flags.DEFINE_list(
+  "fields", None, "Config fields to show (e.g. train.num_steps), instead of all that differ."
+)
 flags.DEFINE_string("curves", None, "Also draw the runs' validation CER curves into this PNG.")
 flags.DEFINE_string("markdown", None, "Also write the table to this Markdown file.")
 FLAGS = flags.FLAGS
@@ -139,6 +144,17 @@ def differing_fields(runs: list[Run]) -> list[str]:
   return [n for n in names if len({json.dumps(run.fields.get(n)) for run in runs}) > 1]
 
 
+def check_fields(runs: list[Run], fields: list[str]):
+  """Raises cli.CommandLineError for a field that no run's config has, naming it."""
+  known = {name for run in runs for name in run.fields}
+  unknown = [name for name in fields if name not in known]
+  if unknown:
+    raise cli.CommandLineError(
+      f"--fields: {', '.join(unknown)} is in no run's config; the fields that differ are "
+      f"{', '.join(differing_fields(runs)) or 'none'}."
+    )
+
+
 def _cell(value) -> str:
   if value is None:
     return MISSING
@@ -172,9 +188,13 @@ def _rate(value: float) -> str:
   return f"{value:.1%}"
 
 
-def table(runs: list[Run]) -> str:
-  """The Markdown table of `runs`, one row each."""
-  fields = differing_fields(runs) if len(runs) > 1 else []
+def table(runs: list[Run], fields: list[str] | None = None) -> str:
+  """The Markdown table of `runs`, one row each.
+
+  `fields` are its config columns; None: those that differ between the runs.
+  """
+  if fields is None:
+    fields = differing_fields(runs) if len(runs) > 1 else []
   tests = sorted({name for run in runs for name in run.tests})
   header = ["run", *fields, "steps", "wall time", "hardware", "best val. CER (step)"]
   header += ["last val. CER", *(f"{name} CER / WER" for name in tests)]
@@ -250,6 +270,8 @@ def main(argv):
       if target:
         cli.check_writable_dir(os.path.dirname(os.path.abspath(target)), flag)
     runs = [read_run(workdir) for workdir in workdirs]
+    fields = [name for name in FLAGS.fields if name] if FLAGS.fields is not None else None
+    check_fields(runs, fields or [])
   except cli.CommandLineError as error:
     cli.fail(str(error))
   except inference.ConfigFileError as error:
@@ -258,7 +280,7 @@ def main(argv):
   if len(set(names)) < len(names):  # the same folder name in several places: the paths
     for run in runs:
       run.name = run.workdir
-  text = table(runs)
+  text = table(runs, fields)
   sys.stdout.write(text)
   if FLAGS.markdown:
     with open(FLAGS.markdown, "w", encoding="utf-8") as f:

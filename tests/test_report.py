@@ -119,6 +119,21 @@ def test_report_has_a_row_a_run_with_the_fields_that_differ_as_columns(two_runs)
   assert alone[0].startswith("| run | steps | wall time |")
 
 
+def test_report_shows_the_fields_asked_for_and_names_one_no_run_has(two_runs):
+  folder, _, _ = two_runs
+  runs = [report.read_run(w) for w in report.find_runs([folder])]
+  lines = report.table(runs, ["train.learning_rate", "model.d_model"]).splitlines()
+  assert lines[0].startswith("| run | train.learning_rate | model.d_model | steps |")
+  assert lines[2].startswith("| first | 0.001 | 32 | 10 / 10 |")
+  assert lines[3].startswith("| second | 0.003 | 32 | 8 / 10 |")
+  assert report.table(runs, []).splitlines()[0].startswith("| run | steps |")
+  report.check_fields(runs, ["train.learning_rate", "model.d_model"])
+  with pytest.raises(cli.CommandLineError) as error:
+    report.check_fields(runs, ["train.learning_rate", "train.lr"])
+  assert "--fields: train.lr is in no run's config" in str(error.value)
+  assert "train.batch_size, train.learning_rate" in str(error.value)
+
+
 @pytest.mark.slow
 def test_report_command_prints_the_table_and_draws_the_cer_curves(two_runs, tmp_path):
   folder, first, second = two_runs
@@ -128,6 +143,10 @@ def test_report_command_prints_the_table_and_draws_the_cer_curves(two_runs, tmp_
   with open(markdown) as f:
     table = f.read()
   assert table in result.stdout and "| first | 8 | 0.001 |" in table
+  narrow = _run("fphtr_jax.report", first, second, "--fields=train.batch_size")
+  assert narrow.returncode == 0 and "| first | 8 | 10 / 10 |" in narrow.stdout, narrow.stderr
+  unknown = _run("fphtr_jax.report", first, "--fields=train.lr")
+  assert unknown.returncode == 2 and "train.lr is in no run's config" in unknown.stderr
   picture = np.asarray(Image.open(png).convert("RGB"))
   assert picture.shape[1] > picture.shape[0] > 200
   # Both runs' curves are drawn: matplotlib's first two colours (blue, orange).
