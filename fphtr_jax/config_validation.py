@@ -236,17 +236,21 @@ def check_mesh(config: ml_collections.ConfigDict, mesh):
   )
 
 
-def check_against_checkpoint(config: ml_collections.ConfigDict, saved: dict | None, workdir: str):
-  """Raises ValueError naming every STATE_SHAPE_FIELDS field that differs from `saved`.
+def check_against_checkpoint(
+  config: ml_collections.ConfigDict, saved: dict | None, workdir: str, fields=STATE_SHAPE_FIELDS
+):
+  """Raises ValueError naming every one of `fields` that differs from `saved`.
 
   `saved`: the config (a dict) the workdir's checkpoints were trained with,
-  or None when there is no checkpoint yet.
+  or None when there is no checkpoint yet. `fields`: STATE_SHAPE_FIELDS to
+  resume training, PARAM_SHAPE_FIELDS to read the parameters alone (so a
+  model can be scored with a longer data.max_len than it trained with).
   """
   if saved is None:
     return
   differ = [
     f"{field}={new!r} (checkpoint: {old!r})"
-    for field, new, old in state_shape_differences(config, saved)
+    for field, new, old in state_shape_differences(config, saved, fields)
   ]
   if differ:
     raise ValueError(

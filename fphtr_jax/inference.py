@@ -287,7 +287,9 @@ def _restore_step(workdir: str, checkpointer, which: str, step: int, config, mes
     tokenizer = tokenizer_lib.Tokenizer.from_json(vocab)
   # An override that changes a shape is refused before anything is restored.
   try:
-    config_validation.check_against_checkpoint(config, saved, workdir)
+    config_validation.check_against_checkpoint(
+      config, saved, workdir, config_validation.PARAM_SHAPE_FIELDS
+    )
   except ValueError as error:
     raise checkpointing.UnusableCheckpointError(str(error)) from None
   # The model's size depends on the vocabulary: read it before building the model.
@@ -332,7 +334,10 @@ def load_model(model_dir: str, config: ml_collections.ConfigDict) -> Run:
   """
   config_validation.validate_config(config)
   config_validation.check_against_checkpoint(
-    config, read_config_file(os.path.join(model_dir, CONFIG_FILENAME)), model_dir
+    config,
+    read_config_file(os.path.join(model_dir, CONFIG_FILENAME)),
+    model_dir,
+    config_validation.PARAM_SHAPE_FIELDS,
   )
   mesh = sharding.create_mesh(config.mesh)
   sharding.check_batch_size(config.eval.batch_size, mesh, "eval.batch_size")

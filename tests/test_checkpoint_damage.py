@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from fphtr_jax import checkpointing, inference, sharding, train
+from fphtr_jax import checkpointing, config_validation, inference, sharding, train
 from fphtr_jax import tokenizer as tokenizer_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -228,6 +228,20 @@ def test_a_shape_changing_override_is_refused_before_restoring(saved_run, checkp
   config.model.d_model = 48
   with pytest.raises(ValueError, match=r"another model: model\.d_model=48 \(checkpoint: 32\)"):
     inference.restore_run(workdir, config, checkpoint)
+
+
+def test_a_longer_max_len_reads_the_same_parameters_but_cannot_resume(saved_run):
+  # max_len sizes only the decoding cache: a model can be scored on longer texts.
+  workdir, states = saved_run
+  config = inference.load_config(workdir)
+  config.data.max_len *= 4
+  run = inference.restore_run(workdir, config, "latest")
+  assert run.step == STEPS[-1] and run.model.max_len == config.data.max_len
+  _assert_trees_equal(_numpy(run.state.params), states[STEPS[-1]].params)
+  # Resuming training keeps every field of the train state.
+  saved = inference.read_config_file(os.path.join(workdir, inference.CONFIG_FILENAME))
+  with pytest.raises(ValueError, match=r"another model: data\.max_len=\d+ \(checkpoint: \d+\)"):
+    config_validation.check_against_checkpoint(config, saved, workdir)
 
 
 # --- Broken config files ---------------------------------------------------------------------
