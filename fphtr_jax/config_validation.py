@@ -15,8 +15,9 @@ from fphtr_jax.models import resnet
 SECTIONS = ("model", "data", "train", "eval", "checkpoint", "mesh", "decode")
 SOURCES = ("embedded", "iam", "pages")
 
-# Fields that fix the shapes of the train state: a checkpoint trained with other
-# values cannot be resumed.
+# Fields a checkpoint trained with other values cannot be resumed with: those
+# that fix the shapes of the train state, and data.max_len (it sizes no
+# parameter, only the decoding cache: reading a model may raise it).
 STATE_SHAPE_FIELDS = (
   "model.encoder",
   "model.encoder_width",
