@@ -104,6 +104,12 @@ VARIANTS = variants.Variants(
         "data.max_len": 800,
       },
     ),
+    "tall": variants.Variant(
+      "pages of 2 to 7 lines on the recipe's canvas: laid out 448 px tall and fitted onto "
+      "it, so a page of more than 4 lines is written smaller (down to 23 px words); 8-40 "
+      "words, up to 256 tokens",
+      fields={"data.layout_height": 448, "data.words_per_form": (8, 40), "data.max_len": 256},
+    ),
     "bf16": variants.Variant("bfloat16 compute", "dtype=bfloat16"),
     "few_shot": variants.Variant(
       "the schedule of a fine-tuning run (give train.init_from, and the data: e.g. "

@@ -65,6 +65,10 @@ def get_config(arg=None):
   config.data.line_width = (750, 999)  # lines also break at the canvas edge
   config.data.line_gap = (12, 49)
   config.data.page_margin = (50, 99)
+  # Pages laid out on a canvas this tall (pixels; 0 = image_height), then
+  # fitted onto the image: a page with more lines than the image holds at
+  # word_height is written smaller, shrunk by up to image_height / layout_height.
+  config.data.layout_height = 0
   # Uneven lines (0 = off): each gap between lines is line_gap times a factor
   # drawn in [1 - line_gap_jitter, 1 + line_gap_jitter] (at most 1); each line
   # slopes by up to line_tilt degrees (at most 10) and wanders along a slow

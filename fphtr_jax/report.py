@@ -1,6 +1,7 @@
 r"""A Markdown table of training runs: what differs between them and what they reached.
 
-  python -m fphtr_jax.report DIR... [--fields=F,...] [--curves=PNG] [--markdown=FILE.md]
+  python -m fphtr_jax.report DIR... [--fields=F,...] [--tests=NAME,...] [--curves=PNG]
+      [--markdown=FILE.md]
 
 Each DIR is a run's workdir or a folder of workdirs (a sweep's). One row per
 run: the config fields that differ between the runs (from their config.json),
@@ -12,8 +13,9 @@ and its step, the last one, and the test figures found under evaluations/
 `test_history*/history.jsonl` that `evaluate --checkpoint=all` writes), and
 the real scans scored by `evaluate_real --output_dir=W/evaluations/NAME`, one
 column a level ("NAME pages", "NAME lines"). `--fields` names the config
-fields to show instead of all that differ (empty: none), for a table narrow
-enough to read.
+fields to show instead of all that differ (empty: none), and `--tests` the
+evaluation columns, in that order, instead of all found (e.g.
+`--tests="real_scans lines,test_pages"`), for a table narrow enough to read.
 `--curves=PNG` draws the runs' validation CER against steps and minutes.
 """
 
@@ -31,6 +33,11 @@ from fphtr_jax import cli, curves, evaluate, evaluate_real, hparams, inference
 
 flags.DEFINE_list(
   "fields", None, "Config fields to show (e.g. train.num_steps), instead of all that differ."
+)
+flags.DEFINE_list(
+  "tests",
+  None,
+  'Evaluation columns to show, in order (e.g. "real_scans lines,test_pages"), instead of all.',
 )
 flags.DEFINE_string("curves", None, "Also draw the runs' validation CER curves into this PNG.")
 flags.DEFINE_string("markdown", None, "Also write the table to this Markdown file.")
@@ -155,6 +162,17 @@ def check_fields(runs: list[Run], fields: list[str]):
     )
 
 
+def check_tests(runs: list[Run], tests: list[str]):
+  """Raises cli.CommandLineError for an evaluation that no run has, naming it."""
+  known = sorted({name for run in runs for name in run.tests})
+  unknown = [name for name in tests if name not in known]
+  if unknown:
+    raise cli.CommandLineError(
+      f"--tests: {', '.join(unknown)} is in no run's evaluations; they have "
+      f"{', '.join(known) or 'none'}."
+    )
+
+
 def _cell(value) -> str:
   if value is None:
     return MISSING
@@ -188,14 +206,16 @@ def _rate(value: float) -> str:
   return f"{value:.1%}"
 
 
-def table(runs: list[Run], fields: list[str] | None = None) -> str:
+def table(runs: list[Run], fields: list[str] | None = None, tests: list[str] | None = None) -> str:
   """The Markdown table of `runs`, one row each.
 
   `fields` are its config columns; None: those that differ between the runs.
+  `tests` its evaluation columns; None: every one found, by name.
   """
   if fields is None:
     fields = differing_fields(runs) if len(runs) > 1 else []
-  tests = sorted({name for run in runs for name in run.tests})
+  if tests is None:
+    tests = sorted({name for run in runs for name in run.tests})
   header = ["run", *fields, "steps", "wall time", "hardware", "best val. CER (step)"]
   header += ["last val. CER", *(f"{name} CER / WER" for name in tests)]
   rows = []
@@ -272,6 +292,8 @@ def main(argv):
     runs = [read_run(workdir) for workdir in workdirs]
     fields = [name for name in FLAGS.fields if name] if FLAGS.fields is not None else None
     check_fields(runs, fields or [])
+    tests = [name for name in FLAGS.tests if name] if FLAGS.tests is not None else None
+    check_tests(runs, tests or [])
   except cli.CommandLineError as error:
     cli.fail(str(error))
   except inference.ConfigFileError as error:
@@ -280,7 +302,7 @@ def main(argv):
   if len(set(names)) < len(names):  # the same folder name in several places: the paths
     for run in runs:
       run.name = run.workdir
-  text = table(runs, fields)
+  text = table(runs, fields, tests)
   sys.stdout.write(text)
   if FLAGS.markdown:
     with open(FLAGS.markdown, "w", encoding="utf-8") as f:

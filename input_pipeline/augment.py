@@ -65,6 +65,7 @@ def warp_matrix(
   perspective: bool,
   random_placement: bool,
   scale_range: tuple[float, float] = SCALE_RANGE,
+  source_shape=None,
 ) -> tf.Tensor:
   """float64 [3, 3] projective map from input to output pixel coordinates (x, y).
 
@@ -77,7 +78,8 @@ def warp_matrix(
     scale_range: (lo, hi) of the random scale of the text.
     perspective: whether to move the corners of the text (pages).
     random_placement: move the text anywhere on the canvas; else keep it where
-      it is as far as the canvas allows.
+      it is as far as the canvas allows, in proportion to `source_shape`.
+    source_shape: (h, w) of the image the content box is in; None = the canvas's.
   """
   height, width = canvas_shape
   seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=5)
@@ -137,17 +139,22 @@ def warp_matrix(
   if random_placement:
     offset = low + _uniform(seeds[4], 0.0, 1.0, shape=[2]) * (high - low)
   else:
-    offset = tf.clip_by_value(tf.stack([centre_x, centre_y]), low, high)
+    ratio = (
+      [1.0, 1.0] if source_shape is None else [width / source_shape[1], height / source_shape[0]]
+    )
+    centre = tf.stack([centre_x, centre_y]) * tf.constant(ratio, tf.float64)
+    offset = tf.clip_by_value(centre, low, high)
   return _translation(offset[0], offset[1]) @ forward
 
 
-def warp(ink, content_box, seed, **kwargs) -> tf.Tensor:
+def warp(ink, content_box, seed, canvas_shape=None, **kwargs) -> tf.Tensor:
   """Geometric augmentation of an ink image (see `warp_matrix` for the arguments).
 
-  ink: uint8 or float32 [H, W], 0 = paper. Returns float32 [H, W] ink, 0 = paper.
+  ink: uint8 or float32 [h, w], 0 = paper. Returns float32 [H, W] ink, 0 =
+  paper: `canvas_shape` (H, W), the ink's own shape if None.
   """
-  height, width = ink.shape
-  forward = warp_matrix(content_box, (height, width), seed, **kwargs)
+  height, width = canvas_shape or ink.shape
+  forward = warp_matrix(content_box, (height, width), seed, source_shape=ink.shape, **kwargs)
   # The op maps output pixels to input pixels: it wants the inverse, with [2, 2] = 1.
   inverse = tf.linalg.inv(forward)
   inverse = tf.reshape(inverse / inverse[2, 2], [9])[:8]
@@ -163,7 +170,11 @@ def warp(ink, content_box, seed, **kwargs) -> tf.Tensor:
 
 
 def warp_points(points_yx, content_box, canvas_shape, seed, **kwargs) -> tf.Tensor:
-  """Where `warp` with the same arguments moves float32 points [N, 2] (y, x)."""
+  """Where `warp` with the same arguments moves float32 points [N, 2] (y, x).
+
+  Give `source_shape`, the shape of the ink `warp` was given, where it is not
+  the canvas's.
+  """
   forward = warp_matrix(content_box, canvas_shape, seed, **kwargs)
   xy = _apply(forward, tf.cast(points_yx[:, ::-1], tf.float64))
   return tf.cast(xy[:, ::-1], tf.float32)

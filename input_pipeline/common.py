@@ -87,8 +87,15 @@ def ink_to_grey(ink) -> tf.Tensor:
   return 1.0 - tf.cast(ink, tf.float32) / 255.0
 
 
-def warp_options(data_config, level: str) -> dict:
-  """The keyword arguments of `augment.warp` for data.level, data.max_rotation, data.scale_range."""
+def warp_options(data_config, level: str, augment: bool = True) -> dict:
+  """The keyword arguments of `augment.warp` for data.level, data.max_rotation, data.scale_range.
+
+  Without `augment`, the warp only fits the text onto the canvas: no scale,
+  rotation, perspective or placement, a shrink only where the text is
+  larger than the canvas (a page laid out taller, data.layout_height).
+  """
+  if not augment:
+    return dict(max_rotation=0.0, scale_range=(1.0, 1.0), perspective=False, random_placement=False)
   return dict(
     max_rotation=float(data_config.max_rotation),
     scale_range=tuple(float(s) for s in data_config.scale_range),
@@ -97,17 +104,28 @@ def warp_options(data_config, level: str) -> dict:
   )
 
 
+def canvas_shape(data_config) -> tuple[int, int]:
+  """(data.image_height, data.image_width): the shape of every image."""
+  return int(data_config.image_height), int(data_config.image_width)
+
+
 def ink_to_image(ink, content_box, warp_seed, photometric_seed, *, data_config, level, augment):
-  """Ink [H, W] (uint8 or float32, 0 = paper, 255 = full ink) -> normalised float32 [H, W, 1].
+  """Ink [h, W] (uint8 or float32, 0 = paper, 255 = full ink) -> normalised float32 [H, W, 1].
 
   With `augment`, the training augmentations: a warp around `content_box`
   (int32 [4], top, left, bottom, right) that keeps the text on the canvas,
   on a share data.scan_look of the images the look of a scan, then
-  brightness/contrast and noise.
+  brightness/contrast and noise. Without, ink taller than the canvas (a page
+  laid out on data.layout_height) is only fitted onto it.
   """
+  canvas = canvas_shape(data_config)
   if not augment:
+    if tuple(ink.shape) != canvas:
+      ink = augment_lib.warp(
+        ink, content_box, warp_seed, canvas, **warp_options(data_config, level, False)
+      )
     return pixels.normalize(ink_to_grey(ink))
-  ink = augment_lib.warp(ink, content_box, warp_seed, **warp_options(data_config, level))
+  ink = augment_lib.warp(ink, content_box, warp_seed, canvas, **warp_options(data_config, level))
   grey = ink_to_grey(ink)
   scan_share = float(data_config.scan_look)
   if scan_share > 0:

@@ -14,6 +14,11 @@ seed.
 Layout ranges in the config are in pixels at a word height of 40 px (IAM at
 half resolution, ~140 dpi) and are scaled by the bank's word height.
 
+Pages may be laid out on a canvas taller than the image
+(`data.layout_height`): they hold more lines, and the fit onto the image
+writes a page with more lines than the image holds at the word height
+smaller, as a real page shrunk onto the canvas is.
+
 Two options make lines less regular than a font's (both off at 0):
 `data.line_gap_jitter` draws each gap between lines on its own, and
 `data.line_tilt` tilts each line and lets it wander (`_line_shifts`).
@@ -121,6 +126,15 @@ def resolve_layout(data_config, word_height: int, level: str | None = None) -> L
     )
 
   if level == "form":
+    # A page laid out taller than the canvas holds more lines; the fit onto
+    # the canvas then writes them smaller (common.ink_to_image).
+    layout_height = int(data_config.get("layout_height", 0))
+    if layout_height and layout_height < height:
+      raise ValueError(
+        f"data.layout_height={layout_height} is below data.image_height={height}; use 0 "
+        "(pages laid out on the canvas) or a taller page."
+      )
+    height = layout_height or height
     num_words = tuple(data_config.words_per_form)
     # Margins of a small canvas shrink so that the text keeps most of the page.
     margin_x = _fit(margin, width // 8)

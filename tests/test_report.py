@@ -134,6 +134,20 @@ def test_report_shows_the_fields_asked_for_and_names_one_no_run_has(two_runs):
   assert "train.batch_size, train.learning_rate" in str(error.value)
 
 
+def test_report_shows_the_evaluations_asked_for_in_order_and_names_one_no_run_has(two_runs):
+  folder, _, _ = two_runs
+  runs = [report.read_run(w) for w in report.find_runs([folder])]
+  lines = report.table(runs, [], ["test_best", "real lines"]).splitlines()
+  assert lines[0].endswith("| last val. CER | test_best CER / WER | real lines CER / WER |")
+  assert lines[2].endswith("| 30.0% / 60.0% (10) | 60.0% / 90.0% (10) |")
+  assert report.table(runs, [], []).splitlines()[0].endswith("| last val. CER |")
+  report.check_tests(runs, ["real lines"])
+  with pytest.raises(cli.CommandLineError) as error:
+    report.check_tests(runs, ["real lines", "real pages"])
+  assert "--tests: real pages is in no run's evaluations" in str(error.value)
+  assert "they have real lines, test_best" in str(error.value)
+
+
 @pytest.mark.slow
 def test_report_command_prints_the_table_and_draws_the_cer_curves(two_runs, tmp_path):
   folder, first, second = two_runs
@@ -145,6 +159,9 @@ def test_report_command_prints_the_table_and_draws_the_cer_curves(two_runs, tmp_
   assert table in result.stdout and "| first | 8 | 0.001 |" in table
   narrow = _run("fphtr_jax.report", first, second, "--fields=train.batch_size")
   assert narrow.returncode == 0 and "| first | 8 | 10 / 10 |" in narrow.stdout, narrow.stderr
+  tests = _run("fphtr_jax.report", first, "--fields=", "--tests=real lines")
+  assert tests.returncode == 0, tests.stderr
+  assert tests.stdout.splitlines()[2].endswith("| 50.0% | 60.0% / 90.0% (10) |")
   unknown = _run("fphtr_jax.report", first, "--fields=train.lr")
   assert unknown.returncode == 2 and "train.lr is in no run's config" in unknown.stderr
   picture = np.asarray(Image.open(png).convert("RGB"))

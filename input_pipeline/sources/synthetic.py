@@ -65,6 +65,7 @@ def make_synthetic_example(
     raise ValueError("line_boxes are the unwarped layout's: ask for them with augment=False.")
   tokenize = common.make_tokenize(data_config.charset, int(data_config.max_len))
   level = composer.layout.level
+  canvas = common.canvas_shape(data_config)
   curriculum_steps = int(data_config.curriculum_steps) if global_batch > 0 else 0
   single_line_pages = float(data_config.single_line_pages) if global_batch > 0 else 0.0
   single_word_pages = float(data_config.single_word_pages) if global_batch > 0 else 0.0
@@ -100,20 +101,35 @@ def make_synthetic_example(
       augment=augment,
     )
     features = {"image": image, "tokens": tokenize(composed["text"]), "text": composed["text"]}
+    # Where the image shows a point of the layout: moved by the warp, or by
+    # the fit of a page laid out taller than the canvas.
+    warped = augment or tuple(composed["ink"].shape) != canvas
+
+    def to_image(points_yx):
+      if not warped:
+        return points_yx
+      return augment_lib.warp_points(
+        points_yx,
+        composed["content_box"],
+        canvas,
+        warp_seed,
+        source_shape=composed["ink"].shape,
+        **common.warp_options(data_config, level, augment),
+      )
+
     if glyph_centres:
-      glyphs = composed["glyph_centres"]
-      if augment:
-        glyphs = augment_lib.warp_points(
-          glyphs,
-          composed["content_box"],
-          composed["ink"].shape,
-          warp_seed,
-          **common.warp_options(data_config, level),
-        )
       is_token = features["tokens"][1:] != tokenizer_lib.PAD_ID
-      features["glyph_centres"] = tf.where(is_token[:, None], glyphs, 0.0)
+      features["glyph_centres"] = tf.where(
+        is_token[:, None], to_image(composed["glyph_centres"]), 0.0
+      )
     if line_boxes:
-      features["line_boxes"] = composed["line_boxes"]
+      # Fitting only scales and moves, so a box's two corners stay its
+      # corners; its edges lie half a pixel before its first and last rows.
+      boxes = composed["line_boxes"]
+      edges = tf.cast(tf.reshape(boxes, [-1, 2]), tf.float32) - 0.5
+      moved = tf.cast(tf.round(to_image(edges) + 0.5), tf.int32)
+      moved = tf.reshape(moved, tf.shape(boxes))
+      features["line_boxes"] = tf.where(boxes[:, 2:3] > 0, moved, 0)
     return features
 
   return example
