@@ -151,26 +151,24 @@ def differing_fields(runs: list[Run]) -> list[str]:
   return [n for n in names if len({json.dumps(run.fields.get(n)) for run in runs}) > 1]
 
 
+def _refuse_unknown(flag: str, asked: list[str], known, where: str, hint: str):
+  """Raises cli.CommandLineError naming the names of --`flag` that are not `known`."""
+  unknown = [name for name in asked if name not in known]
+  if unknown:
+    raise cli.CommandLineError(f"--{flag}: {', '.join(unknown)} is in no run's {where}; {hint}.")
+
+
 def check_fields(runs: list[Run], fields: list[str]):
   """Raises cli.CommandLineError for a field that no run's config has, naming it."""
   known = {name for run in runs for name in run.fields}
-  unknown = [name for name in fields if name not in known]
-  if unknown:
-    raise cli.CommandLineError(
-      f"--fields: {', '.join(unknown)} is in no run's config; the fields that differ are "
-      f"{', '.join(differing_fields(runs)) or 'none'}."
-    )
+  hint = f"the fields that differ are {', '.join(differing_fields(runs)) or 'none'}"
+  _refuse_unknown("fields", fields, known, "config", hint)
 
 
 def check_tests(runs: list[Run], tests: list[str]):
   """Raises cli.CommandLineError for an evaluation that no run has, naming it."""
   known = sorted({name for run in runs for name in run.tests})
-  unknown = [name for name in tests if name not in known]
-  if unknown:
-    raise cli.CommandLineError(
-      f"--tests: {', '.join(unknown)} is in no run's evaluations; they have "
-      f"{', '.join(known) or 'none'}."
-    )
+  _refuse_unknown("tests", tests, known, "evaluations", f"they have {', '.join(known) or 'none'}")
 
 
 def _cell(value) -> str:
@@ -279,6 +277,11 @@ def draw_cer_curves(runs: list[Run]):
   return fig
 
 
+def _listed(values: list[str] | None) -> list[str] | None:
+  """A list flag's names, empty ones left out (`--fields=` is none); None if not given."""
+  return None if values is None else [name for name in values if name]
+
+
 def main(argv):
   paths = argv[1:]
   if not paths:
@@ -290,9 +293,8 @@ def main(argv):
       if target:
         cli.check_writable_dir(os.path.dirname(os.path.abspath(target)), flag)
     runs = [read_run(workdir) for workdir in workdirs]
-    fields = [name for name in FLAGS.fields if name] if FLAGS.fields is not None else None
+    fields, tests = _listed(FLAGS.fields), _listed(FLAGS.tests)
     check_fields(runs, fields or [])
-    tests = [name for name in FLAGS.tests if name] if FLAGS.tests is not None else None
     check_tests(runs, tests or [])
   except cli.CommandLineError as error:
     cli.fail(str(error))

@@ -109,6 +109,11 @@ def canvas_shape(data_config) -> tuple[int, int]:
   return int(data_config.image_height), int(data_config.image_width)
 
 
+def is_warped(ink, data_config, augment: bool) -> bool:
+  """Whether `ink_to_image` moves the ink: augmented, or fitted onto a smaller canvas."""
+  return augment or tuple(ink.shape) != canvas_shape(data_config)
+
+
 def ink_to_image(ink, content_box, warp_seed, photometric_seed, *, data_config, level, augment):
   """Ink [h, W] (uint8 or float32, 0 = paper, 255 = full ink) -> normalised float32 [H, W, 1].
 
@@ -118,14 +123,11 @@ def ink_to_image(ink, content_box, warp_seed, photometric_seed, *, data_config, 
   brightness/contrast and noise. Without, ink taller than the canvas (a page
   laid out on data.layout_height) is only fitted onto it.
   """
-  canvas = canvas_shape(data_config)
+  if is_warped(ink, data_config, augment):
+    options = warp_options(data_config, level, augment)
+    ink = augment_lib.warp(ink, content_box, warp_seed, canvas_shape(data_config), **options)
   if not augment:
-    if tuple(ink.shape) != canvas:
-      ink = augment_lib.warp(
-        ink, content_box, warp_seed, canvas, **warp_options(data_config, level, False)
-      )
     return pixels.normalize(ink_to_grey(ink))
-  ink = augment_lib.warp(ink, content_box, warp_seed, canvas, **warp_options(data_config, level))
   grey = ink_to_grey(ink)
   scan_share = float(data_config.scan_look)
   if scan_share > 0:

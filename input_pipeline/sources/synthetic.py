@@ -101,12 +101,11 @@ def make_synthetic_example(
       augment=augment,
     )
     features = {"image": image, "tokens": tokenize(composed["text"]), "text": composed["text"]}
+
     # Where the image shows a point of the layout: moved by the warp, or by
     # the fit of a page laid out taller than the canvas.
-    warped = augment or tuple(composed["ink"].shape) != canvas
-
     def to_image(points_yx):
-      if not warped:
+      if not common.is_warped(composed["ink"], data_config, augment):
         return points_yx
       return augment_lib.warp_points(
         points_yx,
