@@ -110,6 +110,16 @@ VARIANTS = variants.Variants(
       "words, up to 256 tokens",
       fields={"data.layout_height": 448, "data.words_per_form": (8, 40), "data.max_len": 256},
     ),
+    "long_lines": variants.Variant(
+      "lone lines as long as a real one: 4-12 words on one line of a page laid out 1024 px "
+      "wide and fitted onto the canvas, so a long line is written at about half size; a "
+      "page's lines still break where the canvas would break them (384-448 px)",
+      fields={
+        "data.layout_width": 1024,
+        "data.words_per_line": (4, 12),
+        "data.line_width": (384, 448),
+      },
+    ),
     "bf16": variants.Variant("bfloat16 compute", "dtype=bfloat16"),
     "few_shot": variants.Variant(
       "the schedule of a fine-tuning run (give train.init_from, and the data: e.g. "

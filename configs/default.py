@@ -69,6 +69,10 @@ def get_config(arg=None):
   # fitted onto the image: a page with more lines than the image holds at
   # word_height is written smaller, shrunk by up to image_height / layout_height.
   config.data.layout_height = 0
+  # And this wide (pixels; 0 = image_width): a page's lines still break at
+  # line_width, but a lone line (single_line_pages) runs to this width, so a
+  # long one is fitted onto the image smaller, as a real line scan is.
+  config.data.layout_width = 0
   # Uneven lines (0 = off): each gap between lines is line_gap times a factor
   # drawn in [1 - line_gap_jitter, 1 + line_gap_jitter] (at most 1); each line
   # slopes by up to line_tilt degrees (at most 10) and wanders along a slow

@@ -17,7 +17,11 @@ half resolution, ~140 dpi) and are scaled by the bank's word height.
 Pages may be laid out on a canvas taller than the image
 (`data.layout_height`): they hold more lines, and the fit onto the image
 writes a page with more lines than the image holds at the word height
-smaller, as a real page shrunk onto the canvas is.
+smaller, as a real page shrunk onto the canvas is. A canvas wider than the
+image (`data.layout_width`) does the same for long lines: a page's lines
+still break at `data.line_width`, but a lone line (`compose(one_line=...)`)
+runs to the canvas's edge, so a long one is written smaller, as a real
+line scan of 8-12 words is shrunk onto the canvas.
 
 Two options make lines less regular than a font's (both off at 0):
 `data.line_gap_jitter` draws each gap between lines on its own, and
@@ -134,7 +138,13 @@ def resolve_layout(data_config, word_height: int, level: str | None = None) -> L
         f"data.layout_height={layout_height} is below data.image_height={height}; use 0 "
         "(pages laid out on the canvas) or a taller page."
       )
-    height = layout_height or height
+    layout_width = int(data_config.get("layout_width", 0))
+    if layout_width and layout_width < width:
+      raise ValueError(
+        f"data.layout_width={layout_width} is below data.image_width={width}; use 0 "
+        "(pages laid out on the canvas) or a wider page."
+      )
+    height, width = layout_height or height, layout_width or width
     num_words = tuple(data_config.words_per_form)
     # Margins of a small canvas shrink so that the text keeps most of the page.
     margin_x = _fit(margin, width // 8)
@@ -232,11 +242,14 @@ class SyntheticComposer:
     self.writer_count = tf.constant((ends - starts)[run].astype(np.int32))
     self.texts = tf.constant(texts, tf.string)
 
-  def compose(self, seed, word_cap=None) -> dict[str, tf.Tensor]:
+  def compose(self, seed, word_cap=None, one_line=None) -> dict[str, tf.Tensor]:
     """One example from a stateless seed (int32/int64 [2]).
 
     `word_cap` (int32 scalar, optional) caps the words drawn, which then
     range over [min(low, word_cap), word_cap]: the training curriculum's knob.
+    `one_line` (bool scalar, optional): where true, the words run on one line
+    to the canvas's edge (not breaking at data.line_width), and those past it
+    are dropped: a lone line, however long.
 
     Returns a dict:
       ink: uint8 [H, W], 0 = paper, 255 = full ink.
@@ -289,6 +302,8 @@ class SyntheticComposer:
     line_width = tf.minimum(
       _randint(seeds[6], lay.line_width[0], lay.line_width[1]), width - left - right
     )
+    if one_line is not None:
+      line_width = tf.where(one_line, width - left - right, line_width)
     # Punctuation may run into the right margin rather than start a line.
     limits = tf.where(is_punctuation, width - left, line_width)
 
@@ -355,6 +370,8 @@ class SyntheticComposer:
       top = _randint(seeds[4], 0, height - word_height - spans[0])
       line_tops = top[None]
       lines_that_fit = 1
+    if one_line is not None:
+      lines_that_fit = tf.where(one_line, tf.minimum(lines_that_fit, 1), lines_that_fit)
     kept = candidate & (lines < lines_that_fit)
     num_words = tf.reduce_sum(tf.cast(kept, tf.int32))
     num_lines = tf.gather(lines, num_words - 1) + 1

@@ -58,8 +58,10 @@ def make_synthetic_example(
   holds at most `curriculum_max_words` of its step (index // global_batch):
   from data.words_per_line's low end (one line) to the layout's most words.
   A share data.single_line_pages of them (training only) is instead one line
-  of data.words_per_line words, so that a page may also end after one line,
-  and a share data.single_word_pages a single word.
+  of data.words_per_line words (one line however long: it runs to the
+  layout's edge, data.layout_width, and is fitted onto the image), so that a
+  page may also end after one line, and a share data.single_word_pages a
+  single word.
   """
   if line_boxes and augment:
     raise ValueError("line_boxes are the unwarped layout's: ask for them with augment=False.")
@@ -76,7 +78,7 @@ def make_synthetic_example(
     compose_seed, warp_seed, photometric_seed = tf.unstack(
       tf.random.experimental.stateless_split(example_seed, num=3)
     )
-    word_cap = None
+    word_cap = one_line = None
     if curriculum_steps:
       word_cap = curriculum_max_words(
         index // global_batch, line_words[0], composer.layout.num_words[1], curriculum_steps
@@ -88,9 +90,10 @@ def make_synthetic_example(
         [], line_seed[::-1], line_words[0], line_words[1] + 1, dtype=tf.int32
       )
       cap = composer.layout.num_words[1] if word_cap is None else word_cap
-      word_cap = tf.where(share < single_line_pages, line_cap, cap)
+      one_line = share < single_line_pages
+      word_cap = tf.where(one_line, line_cap, cap)
       word_cap = tf.where(share >= 1.0 - single_word_pages, 1, word_cap)
-    composed = composer.compose(compose_seed, word_cap)
+    composed = composer.compose(compose_seed, word_cap, one_line)
     image = common.ink_to_image(
       composed["ink"],
       composed["content_box"],

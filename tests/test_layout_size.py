@@ -1,4 +1,5 @@
-"""Pages laid out taller than the canvas and fitted onto it (data.layout_height).
+"""Pages laid out larger than the canvas and fitted onto it (data.layout_height,
+data.layout_width), and lone lines that stay one line however long.
 
 The real TF composer and example pipeline on the tiny config's real word bank.
 """
@@ -44,6 +45,21 @@ def ink_of(image):
   return pixels.to_grey(image) < 0.9
 
 
+def assert_letters_under_their_centres(example):
+  """Each letter's guided-attention centre is on the 96x160 image, with ink near it."""
+  ink = ink_of(example["image"])
+  text = example["text"].decode()
+  centres = example["glyph_centres"][: len(text)]
+  letters = [(y, x) for (y, x), c in zip(centres, text) if c.isalnum()]
+  assert letters
+  near = 0
+  for y, x in letters:
+    assert 0 <= y < 96 and 0 <= x < 160
+    r, c = int(round(y)), int(round(x))
+    near += ink[max(r - 3, 0) : r + 4, max(c - 3, 0) : c + 4].any()
+  assert near >= 0.9 * len(letters)
+
+
 def test_a_taller_layout_holds_more_lines(tiny_config):
   word_height = int(tiny_config.data.word_height)
   canvas = composer_lib.resolve_layout(tall_config(tiny_config, layout_height=0).data, word_height)
@@ -55,12 +71,10 @@ def test_a_taller_layout_holds_more_lines(tiny_config):
   assert line.canvas_height == 96
 
 
-def test_layout_height_of_the_canvas_is_no_change(tiny_config, bank):
+@pytest.mark.parametrize("field", [dict(layout_height=96), dict(layout_height=0, layout_width=160)])
+def test_a_layout_of_the_canvas_size_is_no_change(tiny_config, bank, field):
   same = examples(
-    bank,
-    tall_config(tiny_config.copy_and_resolve_references(), layout_height=96),
-    augment=False,
-    num=4,
+    bank, tall_config(tiny_config.copy_and_resolve_references(), **field), augment=False, num=4
   )
   off = examples(bank, tall_config(tiny_config, layout_height=0), augment=False, num=4)
   for a, b in zip(same, off):
@@ -112,20 +126,73 @@ def test_a_tall_training_page_keeps_its_letters_under_their_centres(tiny_config,
   config = tall_config(tiny_config, scan_look=0.0)
   for example in examples(bank, config, augment=True, num=8):
     assert example["image"].shape == (96, 160, 1)
-    ink = ink_of(example["image"])
-    text = example["text"].decode()
-    centres = example["glyph_centres"][: len(text)]
-    letters = [(y, x) for (y, x), c in zip(centres, text) if c.isalnum()]
-    assert letters
-    near = 0
-    for y, x in letters:
-      assert 0 <= y < 96 and 0 <= x < 160
-      r, c = int(round(y)), int(round(x))
-      near += ink[max(r - 3, 0) : r + 4, max(c - 3, 0) : c + 4].any()
-    assert near >= 0.9 * len(letters)
+    assert_letters_under_their_centres(example)
 
 
-def test_layout_height_below_the_canvas_is_a_clear_error(tiny_config):
-  config = tall_config(tiny_config, layout_height=64)
-  with pytest.raises(ValueError, match=r"data.layout_height=64 is below data.image_height=96"):
+@pytest.mark.parametrize(
+  "field, message",
+  [
+    (dict(layout_height=64), r"data.layout_height=64 is below data.image_height=96"),
+    (dict(layout_width=100), r"data.layout_width=100 is below data.image_width=160"),
+  ],
+)
+def test_a_layout_smaller_than_the_canvas_is_a_clear_error(tiny_config, field, message):
+  config = tall_config(tiny_config, **field)
+  with pytest.raises(ValueError, match=message):
     composer_lib.resolve_layout(config.data, int(config.data.word_height))
+
+
+def wide_config(config, **overrides):
+  """Pages of up to 12 words laid out three times as wide as the 160 px canvas."""
+  overrides = dict(words_per_form=(12, 12), layout_width=480, layout_height=0) | overrides
+  return tall_config(config, **overrides)
+
+
+def test_a_lone_line_stays_one_line_however_long(tiny_config, bank):
+  config = wide_config(tiny_config)
+  composer = composer_lib.SyntheticComposer(bank, config.data)
+  compose = tf.function(composer.compose)
+  longer_than_the_image = broken_as_a_page = 0
+  for i in range(NUM_EXAMPLES):
+    seed = tf.constant([i, 7], tf.int64)
+    line = {k: v.numpy() for k, v in compose(seed, 12, tf.constant(True)).items()}
+    page = {k: v.numpy() for k, v in compose(seed, 12, tf.constant(False)).items()}
+    text = line["text"].decode()
+    assert line["num_lines"] == 1 and "\n" not in text and text
+    assert (line["line_boxes"][1:] == 0).all()
+    top, left, bottom, right = line["content_box"]
+    assert right <= 480 and bottom - top <= int(config.data.word_height) + 1
+    # The same words as the page drawn from the seed, up to the line's end.
+    page_text = page["text"].decode()
+    assert page_text.replace("\n", " ").startswith(text)
+    longer_than_the_image += right - left > 160
+    broken_as_a_page += page["num_lines"] > 1
+  assert longer_than_the_image >= NUM_EXAMPLES // 2
+  assert broken_as_a_page >= NUM_EXAMPLES // 2
+
+
+def test_a_long_lone_training_line_is_fitted_onto_the_image_smaller(tiny_config, bank):
+  config = wide_config(
+    tiny_config,
+    single_line_pages=1.0,
+    single_word_pages=0.0,
+    curriculum_steps=0,
+    words_per_line=(6, 12),
+    scan_look=0.0,
+  )
+  composer = composer_lib.SyntheticComposer(bank, config.data)
+  example = tf.function(
+    synthetic.make_synthetic_example(
+      composer, config.data, (3, 0), augment=True, global_batch=1, glyph_centres=True
+    )
+  )
+  shrunk = 0
+  for i in range(8):
+    features = {k: v.numpy() for k, v in example(tf.constant(i, tf.int64)).items()}
+    assert features["image"].shape == (96, 160, 1)
+    text = features["text"].decode()
+    assert "\n" not in text
+    rows = np.flatnonzero(ink_of(features["image"]).any(axis=1))
+    shrunk += rows[-1] - rows[0] + 1 < 0.75 * int(config.data.word_height)
+    assert_letters_under_their_centres(features)
+  assert shrunk >= 4
