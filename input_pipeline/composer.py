@@ -94,6 +94,17 @@ def _fit(value_range: tuple[int, int], cap: int) -> tuple[int, int]:
   return int(lo * cap / hi) if hi else 0, cap
 
 
+def _layout_size(data_config, axis: str, image_size: int) -> int:
+  """data.layout_<axis> in pixels (0 = data.image_<axis>); an error below the image's."""
+  size = int(data_config.get(f"layout_{axis}", 0))
+  if size and size < image_size:
+    raise ValueError(
+      f"data.layout_{axis}={size} is below data.image_{axis}={image_size}; use 0 (pages "
+      "laid out on the canvas) or a larger page."
+    )
+  return size or image_size
+
+
 def resolve_layout(data_config, word_height: int, level: str | None = None) -> Layout:
   """Turns `config.data` into the pixel ranges of one level on the fixed canvas."""
   level = level or data_config.level
@@ -130,21 +141,11 @@ def resolve_layout(data_config, word_height: int, level: str | None = None) -> L
     )
 
   if level == "form":
-    # A page laid out taller than the canvas holds more lines; the fit onto
-    # the canvas then writes them smaller (common.ink_to_image).
-    layout_height = int(data_config.get("layout_height", 0))
-    if layout_height and layout_height < height:
-      raise ValueError(
-        f"data.layout_height={layout_height} is below data.image_height={height}; use 0 "
-        "(pages laid out on the canvas) or a taller page."
-      )
-    layout_width = int(data_config.get("layout_width", 0))
-    if layout_width and layout_width < width:
-      raise ValueError(
-        f"data.layout_width={layout_width} is below data.image_width={width}; use 0 "
-        "(pages laid out on the canvas) or a wider page."
-      )
-    height, width = layout_height or height, layout_width or width
+    # A page laid out taller (or wider) than the canvas holds more lines (or
+    # longer lone lines); the fit onto the canvas then writes them smaller
+    # (common.ink_to_image).
+    height = _layout_size(data_config, "height", height)
+    width = _layout_size(data_config, "width", width)
     num_words = tuple(data_config.words_per_form)
     # Margins of a small canvas shrink so that the text keeps most of the page.
     margin_x = _fit(margin, width // 8)
@@ -371,7 +372,7 @@ class SyntheticComposer:
       line_tops = top[None]
       lines_that_fit = 1
     if one_line is not None:
-      lines_that_fit = tf.where(one_line, tf.minimum(lines_that_fit, 1), lines_that_fit)
+      lines_that_fit = tf.where(one_line, 1, lines_that_fit)  # the first line always fits
     kept = candidate & (lines < lines_that_fit)
     num_words = tf.reduce_sum(tf.cast(kept, tf.int32))
     num_lines = tf.gather(lines, num_words - 1) + 1
