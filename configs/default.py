@@ -69,6 +69,10 @@ def get_config(arg=None):
   # fitted onto the image: a page with more lines than the image holds at
   # word_height is written smaller, shrunk by up to image_height / layout_height.
   config.data.layout_height = 0
+  # 0, or each page's height drawn in [layout_height_min, layout_height]: its
+  # lines stop at that height, so that pages of every line count fill the
+  # canvas once fitted, a short page at full size, a long one smaller.
+  config.data.layout_height_min = 0
   # And this wide (pixels; 0 = image_width): a page's lines still break at
   # line_width, but a lone line (single_line_pages) runs to this width, so a
   # long one is fitted onto the image smaller, as a real line scan is.

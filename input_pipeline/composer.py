@@ -74,6 +74,7 @@ class Layout:
   line_gap_jitter: float = 0.0  # each line gap is line_gap times U[1 - j, 1 + j]
   line_tilt: float = 0.0  # degrees: each line's slope in [-tilt, tilt], and its wander
   crossed_out: float = 0.0  # share of the words struck through and left out of the text
+  min_page_height: int = 0  # pages' heights drawn in [this, canvas_height]; 0 = canvas_height
 
 
 def _scaled(value_range, scale: float, field: str) -> tuple[int, int]:
@@ -144,8 +145,15 @@ def resolve_layout(data_config, word_height: int, level: str | None = None) -> L
     # A page laid out taller (or wider) than the canvas holds more lines (or
     # longer lone lines); the fit onto the canvas then writes them smaller
     # (common.ink_to_image).
+    image_height = height
     height = _layout_size(data_config, "height", height)
     width = _layout_size(data_config, "width", width)
+    min_page_height = int(data_config.get("layout_height_min", 0))
+    if min_page_height and not image_height <= min_page_height <= height:
+      raise ValueError(
+        f"data.layout_height_min={min_page_height} must be 0 (every page as tall as the "
+        f"layout) or in [data.image_height={image_height}, the layout's height {height}]."
+      )
     num_words = tuple(data_config.words_per_form)
     # Margins of a small canvas shrink so that the text keeps most of the page.
     margin_x = _fit(margin, width // 8)
@@ -155,6 +163,7 @@ def resolve_layout(data_config, word_height: int, level: str | None = None) -> L
     least_gap = int(line_gap[0] * (1 - jitter))
     max_lines = max(1, (usable + least_gap) // (word_height + least_gap))
   else:
+    min_page_height = 0
     num_words = tuple(data_config.words_per_line) if level == "line" else (1, 1)
     # A line or a word sits near the left edge, anywhere in height.
     margin_x = (0, min(word_gap[1], width // 8))
@@ -181,6 +190,7 @@ def resolve_layout(data_config, word_height: int, level: str | None = None) -> L
     line_gap_jitter=jitter,
     line_tilt=tilt,
     crossed_out=crossed_out,
+    min_page_height=min_page_height,
   )
 
 
@@ -294,8 +304,9 @@ class SyntheticComposer:
     left, right = tf.unstack(_randint(seeds[3], lay.margin_x[0], lay.margin_x[1], [2]))
     if lay.level == "form":
       top, bottom = tf.unstack(_randint(seeds[4], lay.margin_y[0], lay.margin_y[1], [2]))
+      page_height = self._page_height(seeds[7])
       # Rows a line's shifts may take: the first line always fits.
-      room = height - top - bottom - word_height
+      room = page_height - top - bottom - word_height
     else:
       bottom, right = 0, 0
       room = height - word_height  # the top row is drawn once the line's shifts are known
@@ -365,7 +376,7 @@ class SyntheticComposer:
       line_tops = top + tf.concat([[0], tf.cumsum(pitches)[:-1]], axis=0)
       # Whole lines only (line tops only grow): a line cut at the bottom is dropped.
       lines_that_fit = tf.reduce_sum(
-        tf.cast(line_tops + word_height + spans <= height - bottom, tf.int32)
+        tf.cast(line_tops + word_height + spans <= page_height - bottom, tf.int32)
       )
     else:
       top = _randint(seeds[4], 0, height - word_height - spans[0])
@@ -498,6 +509,20 @@ class SyntheticComposer:
     centres = tf.stack([y, x], axis=1)
     in_text = position <= tf.gather(ends, num_words - 1)
     return tf.where(in_text[:, None], centres, 0.0)
+
+  def _page_height(self, seed):
+    """int32 scalar: the rows a page's lines may fill, from its top.
+
+    The layout's height, or with data.layout_height_min one drawn in
+    [layout_height_min, layout height], so that pages of every line count
+    fill the canvas once fitted onto it, a short page at full size as well as
+    a long one written smaller.
+    """
+    lay = self.layout
+    if not lay.min_page_height:
+      return tf.constant(lay.canvas_height, tf.int32)
+    seed = tf.random.experimental.stateless_fold_in(seed, 2)
+    return _randint(seed, lay.min_page_height, lay.canvas_height)
 
   def _line_shifts(self, seed, line_ends, left, room):
     """int32 [max_lines, W]: how far down each line's ink is moved at each canvas column.

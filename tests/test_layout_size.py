@@ -129,10 +129,39 @@ def test_a_tall_training_page_keeps_its_letters_under_their_centres(tiny_config,
     assert_letters_under_their_centres(example)
 
 
+def test_pages_of_drawn_heights_stop_their_lines_at_them(tiny_config, bank):
+  # A range of one height is the layout's: the same pages.
+  fixed = examples(bank, tall_config(tiny_config.copy_and_resolve_references()), augment=False)
+  same = examples(
+    bank,
+    tall_config(tiny_config.copy_and_resolve_references(), layout_height_min=192),
+    augment=False,
+    num=4,
+  )
+  for a, b in zip(same, fixed):
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+  # Heights in [96, 192]: the same words, cut after fewer lines on a shorter page.
+  drawn = examples(bank, tall_config(tiny_config, layout_height_min=96), augment=False)
+  fewer, full_size = 0, 0
+  for a, b in zip(drawn, fixed):
+    text, tall_text = a["text"].decode(), b["text"].decode()
+    num_lines, tall_lines = text.count("\n") + 1, tall_text.count("\n") + 1
+    assert num_lines <= tall_lines and tall_text.startswith(text)
+    fewer += num_lines < tall_lines
+    heights = a["line_boxes"][:num_lines, 2] - a["line_boxes"][:num_lines, 0]
+    full_size += heights.max() >= int(tiny_config.data.word_height) - 1
+  assert fewer >= NUM_EXAMPLES // 4
+  # A page of a few lines on a short page fills the canvas at full size.
+  assert full_size >= NUM_EXAMPLES // 4
+
+
 @pytest.mark.parametrize(
   "field, message",
   [
     (dict(layout_height=64), r"data.layout_height=64 is below data.image_height=96"),
+    (dict(layout_height_min=64), r"data.layout_height_min=64 must be 0 .* \[data.image_height=96"),
+    (dict(layout_height_min=200), r"data.layout_height_min=200 must be 0 .* height 192\]"),
     (dict(layout_width=100), r"data.layout_width=100 is below data.image_width=160"),
   ],
 )
