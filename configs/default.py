@@ -86,6 +86,9 @@ def get_config(arg=None):
   # Share of the words struck through with a pen stroke (at most 0.5), as a
   # writer crosses out a mistake: on the page, not in the target text.
   config.data.crossed_out = 0.0
+  # Chance that a page's line ends after a word, before it is full (a paragraph's
+  # last line, a list's item); lone lines never break.
+  config.data.short_lines = 0.0
   config.data.augment = True
   # Largest random rotation, degrees; also limited by the room around the text.
   config.data.max_rotation = 2.0

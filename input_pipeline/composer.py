@@ -28,7 +28,9 @@ Two options make lines less regular than a font's (both off at 0):
 `data.line_tilt` tilts each line and lets it wander (`_line_shifts`).
 `data.crossed_out` strikes a share of the words through, as a writer
 crosses out a mistake; they stay on the page and leave the text, as a
-transcriber skips them (`_crossed_out`, `_strike`).
+transcriber skips them (`_crossed_out`, `_strike`). `data.short_lines`
+ends a page's line after a word with that chance, before the line is full,
+as a paragraph's last line, a list's item or an address's line ends.
 """
 
 import dataclasses
@@ -53,6 +55,8 @@ MAX_LINE_TILT = 10.0
 WANDER = 0.1
 # Largest data.crossed_out: a page with more struck words is not worth reading.
 MAX_CROSSED_OUT = 0.5
+# Largest data.short_lines: past it most lines would hold a word or two.
+MAX_SHORT_LINES = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +79,7 @@ class Layout:
   line_tilt: float = 0.0  # degrees: each line's slope in [-tilt, tilt], and its wander
   crossed_out: float = 0.0  # share of the words struck through and left out of the text
   min_page_height: int = 0  # pages' heights drawn in [this, canvas_height]; 0 = canvas_height
+  short_lines: float = 0.0  # chance that a page's line ends after a word that would fit
 
 
 def _scaled(value_range, scale: float, field: str) -> tuple[int, int]:
@@ -129,6 +134,7 @@ def resolve_layout(data_config, word_height: int, level: str | None = None) -> L
   jitter = float(data_config.get("line_gap_jitter", 0.0))
   tilt = float(data_config.get("line_tilt", 0.0))
   crossed_out = float(data_config.get("crossed_out", 0.0))
+  short_lines = float(data_config.get("short_lines", 0.0))
   if not 0 <= jitter <= 1:
     raise ValueError(f"data.line_gap_jitter={jitter} must be in [0, 1] (0 = even line gaps).")
   if not 0 <= tilt <= MAX_LINE_TILT:
@@ -139,6 +145,11 @@ def resolve_layout(data_config, word_height: int, level: str | None = None) -> L
     raise ValueError(
       f"data.crossed_out={crossed_out} must be in [0, {MAX_CROSSED_OUT}] (0 = no word struck "
       "through)."
+    )
+  if not 0 <= short_lines <= MAX_SHORT_LINES:
+    raise ValueError(
+      f"data.short_lines={short_lines} must be in [0, {MAX_SHORT_LINES}] (0 = every line "
+      "runs to the page's line width)."
     )
 
   if level == "form":
@@ -191,6 +202,7 @@ def resolve_layout(data_config, word_height: int, level: str | None = None) -> L
     line_tilt=tilt,
     crossed_out=crossed_out,
     min_page_height=min_page_height,
+    short_lines=short_lines if level == "form" else 0.0,
   )
 
 
@@ -318,13 +330,15 @@ class SyntheticComposer:
       line_width = tf.where(one_line, width - left - right, line_width)
     # Punctuation may run into the right margin rather than start a line.
     limits = tf.where(is_punctuation, width - left, line_width)
+    breaks = self._short_line_breaks(seeds[7], is_punctuation, one_line)
 
-    # Greedy line breaking: a word goes on the current line while it fits.
+    # Greedy line breaking: a word goes on the current line while it fits
+    # (and no short line ends before it).
     def place(state, word):
       line, _, end, words_on_line = state
-      word_width, gap, limit = word
+      word_width, gap, limit, breaks_before = word
       x = tf.where(words_on_line > 0, end + gap, 0)
-      new_line = (words_on_line > 0) & (x + word_width > limit)
+      new_line = (words_on_line > 0) & ((x + word_width > limit) | breaks_before)
       x = tf.where(new_line, 0, x)
       return (
         line + tf.cast(new_line, tf.int32),
@@ -335,7 +349,7 @@ class SyntheticComposer:
 
     zero = tf.constant(0, tf.int32)
     lines, xs, _, _ = tf.scan(
-      place, (word_widths, gaps, limits), initializer=(zero, zero, zero, zero)
+      place, (word_widths, gaps, limits, breaks), initializer=(zero, zero, zero, zero)
     )
 
     # Separators in the text: none first, "\n" on a new line, none before punctuation.
@@ -554,6 +568,21 @@ class SyntheticComposer:
     room = tf.cast(room, tf.float32)
     scale = tf.where(spread > room, tf.math.divide_no_nan(room, spread), 1.0)
     return tf.cast(tf.round((raw - low) * scale), tf.int32)
+
+  def _short_line_breaks(self, seed, is_punctuation, one_line):
+    """bool [max_words]: the words a short line ends before, each with chance
+    data.short_lines; never punctuation (it stays on its word's line), and
+    none on a lone line."""
+    max_words = self.layout.num_words[1]
+    if not self.layout.short_lines:
+      return tf.zeros([max_words], tf.bool)
+    # A stream of its own: the other draws stay as they were without short lines.
+    seed = tf.random.experimental.stateless_fold_in(seed, 2)
+    draw = tf.random.stateless_uniform([max_words], seed, alg="philox")
+    breaks = (draw < self.layout.short_lines) & ~is_punctuation
+    if one_line is not None:
+      breaks = breaks & ~one_line
+    return breaks
 
   def _crossed_out(self, seed, new_line, is_punctuation):
     """bool [max_words]: the words to strike through, a share data.crossed_out of them.

@@ -1,5 +1,5 @@
-"""Uneven line gaps, tilted lines and crossed-out words (data.line_gap_jitter,
-data.line_tilt, data.crossed_out).
+"""Uneven line gaps, tilted lines, crossed-out words and short lines
+(data.line_gap_jitter, data.line_tilt, data.crossed_out, data.short_lines).
 
 The real TF composer on the tiny config's real word bank.
 """
@@ -67,12 +67,14 @@ def test_fields_absent_or_zero_compose_the_same_examples(tiny_config, bank):
   for level in ("form", "line"):
     absent = form_config(tiny_config.copy_and_resolve_references(), level=level)
     del absent.data.line_gap_jitter, absent.data.line_tilt, absent.data.crossed_out
+    del absent.data.short_lines
     zero = form_config(
       tiny_config.copy_and_resolve_references(),
       level=level,
       line_gap_jitter=0.0,
       line_tilt=0.0,
       crossed_out=0.0,
+      short_lines=0.0,
     )
     _, first = compose_many(bank, absent.data, num=8, seed=11)
     _, second = compose_many(bank, zero.data, num=8, seed=11)
@@ -181,6 +183,8 @@ def test_steepest_tilt_keeps_lines_and_words_on_the_canvas(tiny_config, bank, le
     ("line_tilt", 12.0),
     ("crossed_out", -0.1),
     ("crossed_out", 0.7),
+    ("short_lines", -0.1),
+    ("short_lines", 0.6),
   ],
 )
 def test_out_of_range_line_options_are_a_clear_error(tiny_config, field, value):
@@ -232,3 +236,36 @@ def test_crossed_out_words_are_struck_through_and_left_out_of_the_text(
     struck += crossed.sum()
     total += n
   assert 0.1 * total < struck < 0.4 * total
+
+
+def test_short_lines_end_lines_early_and_keep_the_words(tiny_config, bank):
+  full = page_config(tiny_config.copy_and_resolve_references())
+  _, baseline = compose_many(bank, full.data, seed=5)
+  composer, examples = compose_many(bank, page_config(tiny_config, short_lines=0.4).data, seed=5)
+  earlier = 0
+  for example, base in zip(examples, baseline):
+    check_example(bank, composer.layout, example)
+    check_boxes_hold_the_ink(bank, example)
+    # The same words in the same order, fewer of them on each line.
+    n = example["num_words"]
+    assert 1 <= n <= base["num_words"]
+    np.testing.assert_array_equal(example["word_ids"][:n], base["word_ids"][:n])
+    base_lines = len(set(base["boxes"][:n, 0]))
+    assert example["num_lines"] >= base_lines
+    earlier += example["num_lines"] > base_lines
+    # Punctuation stays on its word's line.
+    lines = example["text"].decode().split("\n")
+    assert not any(line[:1] in composer_lib.PUNCTUATION for line in lines)
+  assert earlier >= len(examples) // 2
+
+
+def test_short_lines_leave_lone_lines_whole(tiny_config, bank):
+  line = form_config(tiny_config.copy_and_resolve_references(), level="line")
+  _, whole = compose_many(bank, line.data, num=8, seed=3)
+  config = form_config(tiny_config, level="line", short_lines=composer_lib.MAX_SHORT_LINES)
+  composer, examples = compose_many(bank, config.data, num=8, seed=3)
+  assert composer.layout.short_lines == 0
+  for a, b in zip(whole, examples):
+    assert b["num_lines"] == 1
+    np.testing.assert_array_equal(a["ink"], b["ink"])
+    assert a["text"] == b["text"]
