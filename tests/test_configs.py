@@ -328,3 +328,17 @@ def test_the_help_argument_says_what_every_key_and_variant_does(monkeypatch):
   assert "data.words_per_writer=(100, 200)" in text and text.endswith(
     "sweep): batch_sizes, few_shot."
   )
+
+
+def test_real_pages_variant_is_the_recipe_of_its_long_command():
+  """The variant sets what `tall,long_lines,single_lines=0.3` and three fields set."""
+  from configs import cpu_fullpage
+
+  config = cpu_fullpage.get_config("real_pages")
+  spelled = cpu_fullpage.get_config("tall,long_lines,single_lines=0.3")
+  spelled.data.layout_height_min = 256
+  spelled.data.line_width = (384, 960)
+  spelled.data.words_per_form = (8, 60)
+  assert config.to_dict() == spelled.to_dict()
+  layout = composer.resolve_layout(config.data, int(config.data.word_height))
+  assert layout.min_page_height == 256 and layout.canvas_width == 1024
