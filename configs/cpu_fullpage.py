@@ -125,15 +125,11 @@ VARIANTS = variants.Variants(
       "height drawn per page) and 1024 px wide, lines 384-960 px wide, 8-60 words, lone "
       "lines of 4-12 words in three pages of ten; the recipe that reads the real scans best "
       "in 90 minutes of a 2-core CPU (steps=8000 there)",
-      "single_lines=0.3",
+      "tall,long_lines,single_lines=0.3",
       {
-        "data.layout_height": 448,
         "data.layout_height_min": 256,
-        "data.layout_width": 1024,
-        "data.words_per_line": (4, 12),
         "data.line_width": (384, 960),
         "data.words_per_form": (8, 60),
-        "data.max_len": 256,
       },
     ),
     "bf16": variants.Variant("bfloat16 compute", "dtype=bfloat16"),
